@@ -1,0 +1,1 @@
+"""Flax NNX models: CLIP towers and the FastTCM/DPTR components built on them."""

@@ -1,0 +1,148 @@
+"""Building blocks shared by the CLIP towers and the FastTCM/DPTR heads (Flax NNX, parameter names as in HF CLIP).
+
+Parameters carry logical axis names (``embed``, ``mlp``, ``heads``, ``vocab``, ``conv_in``, ``conv_out``); the
+sharding rules that map them onto mesh axes live in the config (see ``clip_text_spot.parallel``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Dtype = jnp.dtype | str | None
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # PyTorch nn.GELU() / HF "gelu": exact erf form
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # HF "gelu_new" / "gelu_pytorch_tanh"
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """Look up an activation by its Hugging Face name (``quick_gelu``, ``gelu``, ``gelu_new``, ``relu``)."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}") from None
+
+
+def dense(
+    din: int, dout: int, axes: tuple[str | None, str | None], *, rngs: nnx.Rngs, dtype: Dtype = None, bias: bool = True
+) -> nnx.Linear:
+    """``nnx.Linear`` with kernel [din, dout] annotated with logical ``axes`` (PyTorch weight transposed)."""
+    return nnx.Linear(
+        din,
+        dout,
+        use_bias=bias,
+        dtype=dtype,
+        rngs=rngs,
+        kernel_init=nnx.with_partitioning(nnx.initializers.normal(0.02), axes),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
+    )
+
+
+def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype: Dtype = None, eps: float = 1e-5) -> nnx.LayerNorm:
+    """LayerNorm with PyTorch's default epsilon 1e-5 (flax defaults to 1e-6)."""
+    return nnx.LayerNorm(
+        dim,
+        epsilon=eps,
+        dtype=dtype,
+        rngs=rngs,
+        scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",)),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)),
+    )
+
+
+def multi_head_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, heads: int, mask: jax.Array | None = None
+) -> jax.Array:
+    """Scaled dot-product attention over projected [B, L, D] inputs split into ``heads``; returns [B, Lq, D]."""
+    b, lq, d = q.shape
+    lk = k.shape[1]
+    hd = d // heads
+    out = jax.nn.dot_product_attention(
+        q.reshape(b, lq, heads, hd), k.reshape(b, lk, heads, hd), v.reshape(b, lk, heads, hd), mask=mask
+    )
+    return out.reshape(b, lq, d)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` (HF CLIP names).
+
+    ``mask`` is boolean, broadcastable to [B, heads, Lq, Lk], True where attention is allowed.
+    """
+
+    def __init__(
+        self, dim: int, heads: int, *, rngs: nnx.Rngs, dtype: Dtype = None, out_dim: int | None = None, kv_dim=None
+    ):
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+        kv_dim = kv_dim or dim
+        self.heads = heads
+        self.q_proj = dense(dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype)
+        self.k_proj = dense(kv_dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype)
+        self.v_proj = dense(kv_dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype)
+        self.out_proj = dense(dim, out_dim or dim, ("heads", "embed"), rngs=rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array, kv: jax.Array | None = None, mask: jax.Array | None = None) -> jax.Array:
+        kv = x if kv is None else kv
+        out = multi_head_attention(self.q_proj(x), self.k_proj(kv), self.v_proj(kv), self.heads, mask)
+        return self.out_proj(out)
+
+
+class MLP(nnx.Module):
+    """``fc1`` -> activation -> ``fc2`` (HF CLIP names; OpenAI ``c_fc``/``c_proj``)."""
+
+    def __init__(self, dim: int, hidden: int, act: str, *, rngs: nnx.Rngs, dtype: Dtype = None):
+        self.act = act
+        self.fc1 = dense(dim, hidden, ("embed", "mlp"), rngs=rngs, dtype=dtype)
+        self.fc2 = dense(hidden, dim, ("mlp", "embed"), rngs=rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(activation(self.act)(self.fc1(x)))
+
+
+class EncoderLayer(nnx.Module):
+    """Pre-LN transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``."""
+
+    def __init__(
+        self, dim: int, heads: int, mlp_dim: int, act: str, *, rngs: nnx.Rngs, dtype: Dtype = None, eps: float = 1e-5
+    ):
+        self.self_attn = Attention(dim, heads, rngs=rngs, dtype=dtype)
+        self.layer_norm1 = layer_norm(dim, rngs=rngs, dtype=dtype, eps=eps)
+        self.mlp = MLP(dim, mlp_dim, act, rngs=rngs, dtype=dtype)
+        self.layer_norm2 = layer_norm(dim, rngs=rngs, dtype=dtype, eps=eps)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        x = x + self.self_attn(self.layer_norm1(x), mask=mask)
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class Encoder(nnx.Module):
+    """A stack of ``EncoderLayer`` named ``layers/0 .. layers/N-1`` (HF CLIP layout)."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        act: str,
+        *,
+        rngs: nnx.Rngs,
+        dtype: Dtype = None,
+        eps: float = 1e-5,
+    ):
+        self.layers = nnx.List(
+            [EncoderLayer(dim, heads, mlp_dim, act, rngs=rngs, dtype=dtype, eps=eps) for _ in range(depth)]
+        )
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        for layer in self.layers:
+            x = layer(x, mask=mask)
+        return x
