@@ -273,7 +273,7 @@ def openai_resnet_to_flat(sd: Flat, prefix: str, dst: str) -> Flat:
         path = "/".join([dst] + parts[:-1])
         if w.ndim == 4:
             out[f"{path}/kernel"] = w.transpose(2, 3, 1, 0)
-        elif leaf in bn:
+        elif leaf in bn and w.ndim == 1:
             out[f"{path}/{bn[leaf]}"] = w
         else:
             raise CheckpointMismatchError(f"unexpected ResNet tensor {name!r} with shape {w.shape}")

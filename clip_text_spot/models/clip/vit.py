@@ -29,7 +29,7 @@ class VisionEmbeddings(nnx.Module):
             kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, None, "conv_in", "embed")),
         )
         self.class_embedding = nnx.Param(
-            nnx.initializers.normal(cfg.width**-0.5)(rngs.params(), (cfg.width,)), sharding=("embed",)
+            nnx.with_partitioning(nnx.initializers.normal(cfg.width**-0.5), ("embed",))(rngs.params(), (cfg.width,))
         )
         self.position_embedding = nnx.Embed(
             self.grid**2 + 1,
