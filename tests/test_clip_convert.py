@@ -113,4 +113,3 @@ def test_bf16_compute_keeps_f32_params():
     assert b.dtype == jnp.float32
     assert not np.array_equal(a, b)  # really computed in bf16
     np.testing.assert_allclose(a, b, atol=0.05 * float(np.abs(a).max()))
-

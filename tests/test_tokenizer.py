@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import DATA
 
-from clip_text_spot.models.clip.tokenizer import CLIPTokenizer
+from clip_text_spot.models.clip.tokenizer import CLIPTokenizer, openai_vocab
 
 VOCAB_DIR = DATA / "clip" / "hf_flax_clip_tiny"
 V = json.loads((VOCAB_DIR / "vocab.json").read_text())
@@ -54,3 +54,17 @@ def test_missing_files(tmp_path):
         CLIPTokenizer(str(tmp_path))
     with pytest.raises(ValueError, match="padding"):
         CLIPTokenizer(str(VOCAB_DIR))("the", padding="left")
+
+
+def test_bundled_openai_vocabulary():
+    """Ids OpenAI's clip.tokenize gives (CLIP README example; TCM's prompt is exactly its context length 14)."""
+    tok = CLIPTokenizer(context_length=77)
+    assert tok.vocab_size == 49408 and (tok.sot_id, tok.eot_id) == (49406, 49407)
+    np.testing.assert_array_equal(
+        tok("a photo of a cat")["input_ids"][0, :7], [49406, 320, 1125, 539, 320, 2368, 49407]
+    )
+    tcm = tok("the pixels of many arbitrary-shape text instances.", context_length=14)["input_ids"][0]
+    assert tcm[0] == 49406 and tcm[-1] == 49407 and (tcm != 0).all()
+    # DPTR's prompt: CLIP's regex takes "'s" as a contraction before the word ("'sale'" -> 's, ale, ')
+    vocab, _ = openai_vocab()
+    assert tok.encode("a photo of a 'sale'")[-3:] == [vocab["'s</w>"], vocab["ale</w>"], vocab["'</w>"]]

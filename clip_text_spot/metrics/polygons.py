@@ -123,10 +123,11 @@ def intersection_areas(a: PreparedPolygons, b: PreparedPolygons) -> np.ndarray:
 
 
 def iou_from_intersections(inter: np.ndarray, gt: PreparedPolygons, det: PreparedPolygons) -> np.ndarray:
-    """IoU ``inter / (area_g + area_d - inter)``, 0 where the union is not positive (a zero division in the scripts)."""
+    """IoU ``inter / (area_g + area_d - inter)``; 0 where that union is 0 (a zero division in the scripts). With
+    ``gpc`` areas of invalid polygons the union can be negative, and so can the IoU, as in the official script."""
     union = gt.union_area[:, None] + det.union_area[None, :] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
+        iou = np.where(union != 0, inter / union, 0.0)
     return iou
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
+import numpy as np
+
 from clip_text_spot.data.readers.common import (
     DataFormatError,
     Instance,
@@ -24,11 +26,13 @@ from clip_text_spot.data.readers.common import (
 from clip_text_spot.data.types import DetSample
 
 # MLT17 scripts (rrc MLT17 task description) plus "Hindi", which MLT19 files use.
-MLT_SCRIPTS = frozenset({"Arabic", "Latin", "Chinese", "Japanese", "Korean", "Bangla", "Hindi", "Symbols", "Mixed", "None"})
+MLT_SCRIPTS = frozenset(
+    {"Arabic", "Latin", "Chinese", "Japanese", "Korean", "Bangla", "Hindi", "Symbols", "Mixed", "None"}
+)
 GT_PATTERN = r"gt_(.+)\.txt"
 
 
-def parse_icdar_gt(path: str | Path, *, with_script: bool = False) -> list[tuple[int, list, str, str]]:
+def parse_icdar_gt(path: str | Path, *, with_script: bool = False) -> list[tuple[int, np.ndarray, str, str]]:
     """Parse one ICDAR-style GT file into ``(line, quad float32 [4, 2], script, transcription)`` tuples.
 
     ``script`` is ``""`` unless ``with_script`` (MLT17 layout). Raises :class:`DataFormatError` (file:line) for a
@@ -44,7 +48,8 @@ def parse_icdar_gt(path: str | Path, *, with_script: bool = False) -> list[tuple
         quad = parse_numbers(parts[:8], path, line=number).reshape(4, 2)
         script = parts[8].strip() if with_script else ""
         if with_script and script not in MLT_SCRIPTS:
-            raise DataFormatError(path, f"unknown script {script!r}; expected one of {sorted(MLT_SCRIPTS)}", line=number)
+            expected = sorted(MLT_SCRIPTS)
+            raise DataFormatError(path, f"unknown script {script!r}; expected one of {expected}", line=number)
         rows.append((number, quad, script, parts[-1]))
     return rows
 
@@ -65,9 +70,7 @@ def read_icdar2015(
     def parse(path: Path, stats: ReaderStats) -> list[Instance]:
         return [(quad, text, text == ignore_text) for _, quad, _, text in parse_icdar_gt(path)]
 
-    return paired_det_samples(
-        "icdar2015", image_dir, gt_dir, GT_PATTERN, parse, strict=strict, image_check=image_check
-    )
+    return paired_det_samples("icdar2015", image_dir, gt_dir, GT_PATTERN, parse, strict=strict, image_check=image_check)
 
 
 def read_mlt17(

@@ -59,10 +59,10 @@ def _boxes(cell: object, path: Path, key: str) -> np.ndarray:
 
 
 def _trace_words(char_boxes: np.ndarray, words: list[str], path: Path, key: str) -> list[np.ndarray]:
-    if len(char_boxes) != sum(len(w) for w in words):
-        raise DataFormatError(
-            path, f"{len(char_boxes)} character boxes but the words have {sum(len(w) for w in words)} characters", key=key
-        )
+    n_chars = sum(len(w) for w in words)
+    if len(char_boxes) != n_chars:
+        message = f"{len(char_boxes)} character boxes but the words have {n_chars} characters"
+        raise DataFormatError(path, message, key=key)
     polygons, start = [], 0
     for word in words:
         chars = char_boxes[start : start + len(word)]

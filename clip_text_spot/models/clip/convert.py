@@ -136,9 +136,7 @@ def config_from_hf(config_json: dict[str, Any]) -> CLIPConfig:
         act=v.hidden_act,
         eps=v.layer_norm_eps,
     )
-    return CLIPConfig(
-        embed_dim=hf.projection_dim, text=text, vision=vision, logit_scale_init=hf.logit_scale_init_value
-    )
+    return CLIPConfig(embed_dim=hf.projection_dim, text=text, vision=vision, logit_scale_init=hf.logit_scale_init_value)
 
 
 def _count(sd: Flat, pattern: str) -> int:
@@ -353,7 +351,10 @@ def assign_flat(model: nnx.Module, flat: Flat, source: str = "checkpoint") -> No
             lines.append(f"  shape mismatch(es) ({len(shapes)}): {shapes[:12]}")
         raise CheckpointMismatchError("\n".join(lines))
     nested = traverse_util.unflatten_dict(
-        {tuple(int(p) if p.isdigit() else p for p in k.split("/")): jnp.asarray(v, target[k].dtype) for k, v in flat.items()}
+        {
+            tuple(int(p) if p.isdigit() else p for p in k.split("/")): jnp.asarray(v, target[k].dtype)
+            for k, v in flat.items()
+        }
     )
     state = nnx.state(model)
     nnx.replace_by_pure_dict(state, nested)

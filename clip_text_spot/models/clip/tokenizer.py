@@ -1,7 +1,9 @@
 """CLIP BPE tokenizer from a checkpoint directory, with OpenAI-style and Hugging Face-style padding.
 
 The BPE itself is transformers' ``CLIPTokenizer`` (lower-casing, CLIP's regex incl. the contraction quirk, byte-level
-fallback), loaded from local files only (``vocab.json`` + ``merges.txt``, or ``tokenizer.json``).
+fallback), loaded from local files only: a checkpoint directory's ``vocab.json`` + ``merges.txt`` (or
+``tokenizer.json``), or, with no path, OpenAI's own 49,408-token vocabulary bundled in ``clip_text_spot/assets``
+(for OpenAI-format checkpoints such as RN50, which ship no tokenizer files).
 
 * ``padding="openai"`` (OpenAI ``clip.tokenize``, used by TCM and DPTR): ``[SOT] + tokens + [EOT]``, then zeros;
   a text that does not fit is an error unless ``truncate=True`` (then the last kept slot becomes EOT).
@@ -10,23 +12,58 @@ fallback), loaded from local files only (``vocab.json`` + ``merges.txt``, or ``t
 
 from __future__ import annotations
 
+import functools
+import gzip
 import os
 
 import numpy as np
 
+OPENAI_BPE = os.path.join(os.path.dirname(__file__), "..", "..", "assets", "bpe_simple_vocab_16e6.txt.gz")
+OPENAI_NUM_MERGES = 49152 - 256 - 2
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins for bytes used by byte-level BPE (printable Latin-1 bytes map to themselves)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            symbols[b] = chr(b)
+        else:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return [symbols[b] for b in keep] + [symbols[b] for b in range(256) if b not in keep]
+
+
+@functools.lru_cache(maxsize=1)
+def openai_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """OpenAI CLIP's vocabulary and merges, built from the bundled merge list as OpenAI's tokenizer builds them:
+    byte symbols, byte symbols + ``</w>``, one token per merge, then ``<|startoftext|>``, ``<|endoftext|>``."""
+    with gzip.open(OPENAI_BPE, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : OPENAI_NUM_MERGES + 1]]
+    byte_syms = _byte_symbols()
+    tokens = byte_syms + [s + "</w>" for s in byte_syms] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
 
 class CLIPTokenizer:
-    """Tokenise texts into fixed-length CLIP id arrays."""
+    """Tokenise texts into fixed-length CLIP id arrays (``path=None``: OpenAI's bundled vocabulary)."""
 
-    def __init__(self, path: str, context_length: int = 77):
+    def __init__(self, path: str | None = None, context_length: int = 77):
         from transformers import CLIPTokenizer as HFCLIPTokenizer  # tokenizer only
 
-        has_bpe = all(os.path.exists(os.path.join(path, f)) for f in ("vocab.json", "merges.txt"))
-        if not (has_bpe or os.path.exists(os.path.join(path, "tokenizer.json"))):
-            raise FileNotFoundError(
-                f"{path}: no CLIP tokenizer files (need vocab.json + merges.txt, or tokenizer.json)"
-            )
-        self._tok = HFCLIPTokenizer.from_pretrained(path, local_files_only=True)
+        if path is None:
+            vocab, merges = openai_vocab()
+            self._tok = HFCLIPTokenizer(vocab=dict(vocab), merges=list(merges))
+        else:
+            has_bpe = all(os.path.exists(os.path.join(path, f)) for f in ("vocab.json", "merges.txt"))
+            if not (has_bpe or os.path.exists(os.path.join(path, "tokenizer.json"))):
+                raise FileNotFoundError(
+                    f"{path}: no CLIP tokenizer files (need vocab.json + merges.txt, or tokenizer.json)"
+                )
+            self._tok = HFCLIPTokenizer.from_pretrained(path, local_files_only=True)
         self.context_length = context_length
         self.sot_id = int(self._tok.bos_token_id)
         self.eot_id = int(self._tok.eos_token_id)
