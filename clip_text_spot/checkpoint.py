@@ -28,3 +28,66 @@ def restore_tree(directory: str, abstract_tree: Any) -> Any:
     )
     with ocp.StandardCheckpointer() as ckptr:
         return ckptr.restore(directory, target)
+
+
+class TrainCheckpointer:
+    """The trainer's checkpoints: ``WORKDIR/ckpt/<step>`` (latest ``keep``) and ``WORKDIR/best/<step>`` (best eval).
+
+    Each holds the train state (params, optimizer state, counters), the data-iterator state and the config as
+    JSON. Saving is asynchronous; every process calls ``save`` (multi-host safe). Restoring takes an abstract state
+    whose leaves carry the target shardings, so a run can resume on a different mesh or device count.
+    """
+
+    def __init__(self, workdir: str, *, save_every: int, keep: int = 2, async_save: bool = True):
+        workdir = os.path.abspath(workdir)
+        opts = dict(create=True, enable_async_checkpointing=async_save)
+        self.latest = ocp.CheckpointManager(
+            os.path.join(workdir, "ckpt"),
+            options=ocp.CheckpointManagerOptions(save_interval_steps=save_every, max_to_keep=keep, **opts),
+        )
+        self.best = ocp.CheckpointManager(
+            os.path.join(workdir, "best"), options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts)
+        )
+        self.best_value: float | None = None
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    @staticmethod
+    def _args(state: Any, data_iter: Any, meta: dict | None) -> ocp.args.Composite:
+        import grain
+
+        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta or {})}
+        if data_iter is not None:
+            items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+        return ocp.args.Composite(**items)
+
+    def save(self, step: int, state: Any, data_iter: Any = None, meta: dict | None = None, force: bool = False) -> bool:
+        """Save if ``step`` is on the interval (or ``force``); returns whether a save started."""
+        return self.latest.save(step, args=self._args(state, data_iter, meta), force=force)
+
+    def save_best(self, step: int, value: float, state: Any, meta: dict | None = None) -> bool:
+        """Keep ``state`` as the best checkpoint if ``value`` beats the best seen so far (higher is better)."""
+        if self.best_value is not None and value <= self.best_value:
+            return False
+        self.best_value = value
+        self.best.save(step, args=self._args(state, None, (meta or {}) | {"best_value": value}), force=True)
+        return True
+
+    def restore(self, step: int, abstract_state: Any, data_iter: Any = None) -> tuple[Any, dict]:
+        """(state, meta) at ``step``; the data iterator (if given) is restored in place."""
+        import grain
+
+        items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+        if data_iter is not None:
+            items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+        out = self.latest.restore(step, args=ocp.args.Composite(**items))
+        return out["state"], out["meta"]
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()

@@ -257,6 +257,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """TFDS builder over already opened readers; subclassed per dataset name (the directory name)."""
 
     VERSION = tfds.core.Version(VERSION)
+    code_path = None  # no checksums file to look up (TFDS would probe the package with importlib_resources)
 
     def __init__(self, *, readers: dict[str, Samples], **kwargs):
         self._readers = readers
@@ -279,6 +280,8 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         progress = tqdm(samples, total=len(samples), desc=f"{self.name}/{split}", unit="sample", dynamic_ncols=True)
         for index, sample in enumerate(progress):
             yield index, sample.to_record()
+        if not samples.stats.num_samples:  # TFDS cannot write an empty split; say why there is nothing
+            raise ValueError(f"{self.name}/{split}: no sample left to write ({samples.stats.summary()})")
 
 
 def _builder_class(dataset: str) -> type[_Builder]:

@@ -276,7 +276,7 @@ def evaluate_detection(
         geo = image_geometry(gt, det, protocol)
         det_dc = geo.dont_care_dets(geo.gt_dont_care, protocol)
         gt_care, det_care = ~geo.gt_dont_care, ~det_dc
-        scores = det.scores[geo.det_index] if (det.scores is not None) else None
+        scores = det.scores[geo.det_index] if det.scores is not None else np.zeros(len(geo.det_index))
         kept = det_care if score_thr is None else det_care & (scores >= score_thr)
         pairs = match_pairs(geo.iou, gt_care, kept, thr=protocol.iou_thr, strategy=strategy)
         image = Counts(len(pairs), int(gt_care.sum()), int(kept.sum()))
@@ -305,4 +305,6 @@ def evaluate_detection(
             progress(n + 1, len(keys))
     stats["unknown_images"] = len(extra)
     stats["score_thr"] = score_thr
-    return DetectionResult(counts, per_image, list(zip(thresholds, sweep_counts, strict=True)) if thresholds else None, stats)
+    return DetectionResult(
+        counts, per_image, list(zip(thresholds, sweep_counts, strict=True)) if thresholds else None, stats
+    )

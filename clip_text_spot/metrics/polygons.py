@@ -69,7 +69,9 @@ def polygons_from_points(polygons: Sequence[np.ndarray]) -> np.ndarray:
     return shapely.polygons(shapely.linearrings(coords, indices=indices))
 
 
-def prepare_polygons(polygons: Sequence[np.ndarray], policy: str = "gpc", *, int_coords: bool = False) -> PreparedPolygons:
+def prepare_polygons(
+    polygons: Sequence[np.ndarray], policy: str = "gpc", *, int_coords: bool = False
+) -> PreparedPolygons:
     """Apply a validity policy (module docstring) to point arrays; ``int_coords`` truncates with ``int()`` first.
 
     For the ``skip`` and ``error`` policies the caller removes or rejects the polygons flagged ``~valid``.

@@ -232,7 +232,9 @@ def _read_json(path: Path, text: str) -> dict[str, str]:
             try:
                 _add(labels, str(entry["img_path"]), str(entry["instances"][0]["text"]), str(path), None)
             except (KeyError, IndexError, TypeError) as e:
-                raise MalformedInputError(f"{path}:data_list[{i}]", None, "expected img_path and instances[0].text") from e
+                raise MalformedInputError(
+                    f"{path}:data_list[{i}]", None, "expected img_path and instances[0].text"
+                ) from e
         return labels
     if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
         return {str(k): v for k, v in data.items()}

@@ -127,7 +127,9 @@ def decode_text(raw: bytes) -> str:
 
 
 def iter_lines(text: str) -> Iterable[tuple[int, str]]:
-    """Non-empty lines with their 1-based numbers; split on ``\\n``, every ``\\r`` removed."""
+    """Non-empty lines with their 1-based numbers; a leading BOM dropped, split on ``\\n``, every ``\\r`` removed."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
     for number, line in enumerate(text.split("\n"), start=1):
         line = line.replace("\r", "")
         if line:
@@ -214,7 +216,9 @@ class _Builder:
         return TextInstances(self.polygons, self.texts, np.array(self.dont_care, bool), scores, self.lines, self.source)
 
 
-def parse_icdar2015(text: str, source: str, *, role: str, with_text: bool = False, strict: bool = False) -> TextInstances:
+def parse_icdar2015(
+    text: str, source: str, *, role: str, with_text: bool = False, strict: bool = False
+) -> TextInstances:
     """Parse one ICDAR2015 file (``role`` 'gt' or 'det'; grammar in the module docstring).
 
     With ``strict`` the official validation applies: integer coordinates only, and quads whose official
@@ -267,7 +271,9 @@ def _parse_totaltext_legacy(text: str, source: str) -> TextInstances:
     for number, rec in records:
         fields = {k: r.search(rec) for k, r in _TT_FIELD_RE.items()}
         if fields["x"] is None or fields["y"] is None or fields["text"] is None:
-            raise MalformedInputError(source, number, "expected x: [[...]], y: [[...]], ornt: [...], transcriptions: [...]")
+            raise MalformedInputError(
+                source, number, "expected x: [[...]], y: [[...]], ornt: [...], transcriptions: [...]"
+            )
         xs, ys = fields["x"].group(1).split(), fields["y"].group(1).split()
         if len(xs) != len(ys) or not all(_is_number(v) for v in xs + ys):
             raise MalformedInputError(source, number, "x and y lists must be numbers of equal length")
@@ -346,7 +352,9 @@ def _load_mmocr_json(path: Path) -> AnnotationSet:
         for j, inst in enumerate(entry.get("instances", [])):
             poly = inst.get("polygon")
             if poly is None or len(poly) < 6 or len(poly) % 2:
-                raise MalformedInputError(f"{where}.instances[{j}]", None, "polygon needs an even count >= 6 of numbers")
+                raise MalformedInputError(
+                    f"{where}.instances[{j}]", None, "polygon needs an even count >= 6 of numbers"
+                )
             text = str(inst.get("text", ""))
             out.add(0, np.asarray(poly, np.float64).reshape(-1, 2), text, None, bool(inst.get("ignore", False)))
         items[int(digits[-1])] = out.build()
@@ -376,7 +384,9 @@ def load_annotations(
         if fmt == "icdar2015":
             items[key] = parse_icdar2015(text, name, role=role, with_text=with_text, strict=strict)
         else:
-            items[key] = parse_curved(text, name, role=role, with_text=with_text, strict=strict, coord_order=coord_order)
+            items[key] = parse_curved(
+                text, name, role=role, with_text=with_text, strict=strict, coord_order=coord_order
+            )
     return AnnotationSet(items, skipped)
 
 

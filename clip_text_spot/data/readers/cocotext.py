@@ -87,7 +87,6 @@ def read_cocotext(
             rows.append(_instance(field(anns, str(ann_id), ann_file, "anns"), ann_file, ann_key))
         image, size = load_image(image_dir / file_name, image_check, stats)
         check_image_size(size, imgs[img_id], ann_file, key)
-        polygons, texts, ignore = (list(x) for x in zip(*rows, strict=True))
-        return make_det_sample(image, polygons, texts, ignore, Path(file_name).stem, stats)
+        return make_det_sample(image, rows, Path(file_name).stem, stats)
 
     return Samples(f"cocotext_{split}", "det", items, load, strict=strict)

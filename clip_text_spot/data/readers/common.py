@@ -15,8 +15,9 @@ regions (``ignore=True``) and counted under ``degenerate/<why>``.
 Images are kept as encoded bytes. ``image_check`` decides how hard they are checked while reading:
 ``"none"`` (the file must exist and be readable), ``"verify"`` (default: Pillow parses the header and runs
 ``verify()``; a JPEG without its end-of-image marker is fully decoded to tell a trailer from a truncation),
-``"decode"`` (full decode of every image). Formats other than JPEG and PNG (MLT17 has GIFs) are re-encoded as PNG
-so that every stored image can be decoded by OpenCV as well as Pillow; this is counted under ``transcoded_to_png``.
+``"decode"`` (full decode of every image). Unless the check is ``"none"``, formats other than JPEG and PNG (MLT17
+has GIFs) are re-encoded as PNG so that every stored image can be decoded by OpenCV as well as Pillow; this is
+counted under ``transcoded_to_png``.
 EXIF orientation is never applied (mmocr loads with ``color_ignore_orientation``).
 """
 
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
+import scipy.io
 import shapely
 from PIL import Image
 
@@ -40,6 +42,7 @@ from clip_text_spot.data.types import DetSample
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Instance = tuple[np.ndarray, str, bool]  # polygon float32 [n, 2], transcription, ignore flag
 
 IMAGE_CHECKS = ("none", "verify", "decode")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
@@ -81,7 +84,8 @@ class ImageError(DataFormatError):
 
 
 class ReaderStats:
-    """Counters of one pass over a reader: ``samples``, ``instances``, ``ignored``, ``skipped/*``, ``degenerate/*``."""
+    """Counters of one pass over a reader: ``samples``, ``instances``, ``ignored``, ``no_instances`` (images without
+    text), ``skipped/<reason>``, ``degenerate/<why>``, ``transcoded_to_png`` and reader-specific ones."""
 
     def __init__(self, name: str):
         self.name = name
@@ -243,6 +247,14 @@ def load_json(path: str | Path) -> Any:
         raise DataFormatError(path, f"invalid JSON: {err.msg} (column {err.colno})", line=err.lineno) from None
 
 
+def load_mat(path: str | Path) -> dict[str, Any]:
+    """``scipy.io.loadmat`` (MATLAB v4-v7.2) with errors that name the file; v7.3 (HDF5) files are refused."""
+    try:
+        return scipy.io.loadmat(path)
+    except (scipy.io.matlab.MatReadError, NotImplementedError, ValueError, TypeError, OSError) as err:
+        raise DataFormatError(path, f"cannot read MAT file ({type(err).__name__}: {err})") from None
+
+
 def field(record: Any, name: str, path: str | Path, key: str) -> Any:
     """``record[name]`` for a JSON object, or a :class:`DataFormatError` naming the record ``key``."""
     if not isinstance(record, dict):
@@ -297,20 +309,22 @@ def degeneracy(polygon: np.ndarray) -> str | None:
     return None
 
 
-def make_det_sample(
-    image: bytes, polygons: list[np.ndarray], texts: list[str], ignore: list[bool], name: str, stats: ReaderStats
-) -> DetSample:
-    """Build a :class:`DetSample`, turning degenerate polygons into counted ignore regions."""
-    flags = []
-    for polygon, flag in zip(polygons, ignore, strict=True):
+def make_det_sample(image: bytes, instances: Sequence[Instance], name: str, stats: ReaderStats) -> DetSample:
+    """Build a :class:`DetSample` from ``(polygon, text, ignore)`` instances; degenerate polygons become counted
+    ignore regions."""
+    polygons, texts, flags = [], [], []
+    for polygon, text, flag in instances:
         why = degeneracy(polygon)
         if why is not None:
             stats.add(f"degenerate/{why}")
-            flag = True
-        flags.append(bool(flag))
+        polygons.append(polygon)
+        texts.append(text)
+        flags.append(bool(flag) or why is not None)
+    if not polygons:
+        stats.add("no_instances")
     stats.add("instances", len(flags))
     stats.add("ignored", sum(flags))
-    return DetSample(image=image, polygons=polygons, texts=list(texts), ignore=flags, name=name)
+    return DetSample(image=image, polygons=polygons, texts=texts, ignore=flags, name=name)
 
 
 def bbox_to_polygon(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
@@ -388,23 +402,15 @@ def pair_annotation_files(
     ann_dir: Path, pattern: str, image_index: dict[str, Path], key: Callable[[str], str] = lambda s: s
 ) -> list[tuple[Path, str, Path | None]]:
     """``(annotation file, image key, image path or None)`` for files in ``ann_dir`` whose name fully matches
-    ``pattern``; group 1 of the pattern, passed through ``key``, names the image. Sorted naturally."""
+    ``pattern``; group 1 of the pattern, passed through ``key``, names the image. Sorted naturally by image key."""
     regex = re.compile(pattern)
     pairs = []
-    for path in sorted(ann_dir.iterdir(), key=lambda p: natural_key(p.name)):
+    for path in ann_dir.iterdir():
         match = regex.fullmatch(path.name)
         if match and path.is_file():
             k = key(match.group(1))
             pairs.append((path, k, image_index.get(k)))
-    return pairs
-
-
-def missing_image_error(ann_path: Path, image_dir: Path, key: str) -> ImageError:
-    """The error for an annotation file whose image is not in ``image_dir``."""
-    return ImageError(ann_path, f"no image named {key}.* ({'/'.join(IMAGE_SUFFIXES)}) in {image_dir}")
-
-
-Instance = tuple[np.ndarray, str, bool]  # polygon float32 [n, 2], transcription, ignore flag
+    return sorted(pairs, key=lambda pair: (natural_key(pair[1]), pair[0].name))
 
 
 def paired_det_samples(
@@ -439,11 +445,10 @@ def paired_det_samples(
     def load(pair: tuple[Path, str, Path | None], stats: ReaderStats) -> DetSample:
         ann_path, image_key, image_path = pair
         if image_path is None:
-            raise missing_image_error(ann_path, image_dir, image_key)
+            raise ImageError(ann_path, f"no image named {image_key}.* ({'/'.join(IMAGE_SUFFIXES)}) in {image_dir}")
         image, _ = load_image(image_path, image_check, stats)
         instances = parse(ann_path, stats)
-        polygons, texts, ignore = (list(x) for x in zip(*instances, strict=True)) if instances else ([], [], [])
-        return make_det_sample(image, polygons, texts, ignore, image_path.stem, stats)
+        return make_det_sample(image, instances, image_path.stem, stats)
 
     return Samples(name, "det", pairs, load, strict=strict)
 

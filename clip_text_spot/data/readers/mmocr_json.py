@@ -86,8 +86,7 @@ def read_mmocr_json(
         if not isinstance(instances, list):
             raise DataFormatError(ann_file, "instances must be a list", key=key)
         rows = [_det_instance(inst, ann_file, f"{key}.instances[{j}]") for j, inst in enumerate(instances)]
-        polygons, texts, ignore = (list(x) for x in zip(*rows, strict=True)) if rows else ([], [], [])
-        return make_det_sample(image, polygons, texts, ignore, Path(img_path).stem, stats)
+        return make_det_sample(image, rows, Path(img_path).stem, stats)
 
     def load_rec(item: tuple[int, Any], stats: ReaderStats) -> RecSample:
         index, entry = item

@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from clip_text_spot.data.readers.common import (
     IMAGE_CHECKS,
@@ -26,6 +25,7 @@ from clip_text_spot.data.readers.common import (
     Samples,
     check_choice,
     load_image,
+    load_mat,
     make_det_sample,
     require_file,
 )
@@ -86,10 +86,7 @@ def read_synthtext(
     check_choice(polygons, POLYGON_SOURCES, "polygons")
     gt_mat = require_file(gt_mat, "SynthText gt.mat")
     root = Path(image_dir) if image_dir is not None else gt_mat.parent
-    try:
-        gt = scipy.io.loadmat(gt_mat)
-    except (NotImplementedError, ValueError, TypeError, OSError) as err:
-        raise DataFormatError(gt_mat, f"cannot read MAT file ({type(err).__name__}: {err})") from None
+    gt = load_mat(gt_mat)
     missing = [k for k in _KEYS if k not in gt]
     if missing:
         raise DataFormatError(gt_mat, f"missing variables {missing}")
@@ -115,6 +112,7 @@ def read_synthtext(
             char_boxes = _boxes(cells["charBB"][index], gt_mat, f"charBB[{index}]")
             shapes = _trace_words(char_boxes, words, gt_mat, f"charBB[{index}]")
         image, _ = load_image(root / name, image_check, stats)
-        return make_det_sample(image, shapes, words, [False] * len(words), str(Path(name).with_suffix("")), stats)
+        instances = [(shape, word, False) for shape, word in zip(shapes, words, strict=True)]
+        return make_det_sample(image, instances, str(Path(name).with_suffix("")), stats)
 
     return Samples("synthtext", "det", range(sizes["imnames"]), load, strict=strict)

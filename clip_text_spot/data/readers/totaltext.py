@@ -21,7 +21,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from clip_text_spot.data.readers.common import (
     DataFormatError,
@@ -29,6 +28,7 @@ from clip_text_spot.data.readers.common import (
     ReaderStats,
     Samples,
     check_choice,
+    load_mat,
     paired_det_samples,
     parse_numbers,
     read_text_lines,
@@ -95,10 +95,7 @@ def _mat_string(cell: np.ndarray) -> str:
 def parse_totaltext_mat(path: str | Path) -> list[tuple[np.ndarray, str, str]]:
     """Parse a Total-Text ``.mat`` GT file (key ``polygt`` or ``gt``) like :func:`parse_totaltext_txt`."""
     path = Path(path)
-    try:
-        mat = scipy.io.loadmat(path)
-    except (NotImplementedError, ValueError, TypeError, OSError) as err:
-        raise DataFormatError(path, f"cannot read MAT file ({type(err).__name__}: {err})") from None
+    mat = load_mat(path)
     key = next((k for k in _MAT_KEYS if k in mat), None)
     if key is None:
         found = sorted(k for k in mat if not k.startswith("__"))

@@ -110,7 +110,7 @@ def _find(directory: str, names: list[str]) -> str | None:
 
 def config_from_hf(config_json: dict[str, Any]) -> CLIPConfig:
     """Our ``CLIPConfig`` from a Hugging Face CLIP ``config.json`` (defaults filled by transformers' CLIPConfig)."""
-    from transformers import CLIPConfig as HFCLIPConfig  # config class only; no model code
+    from transformers.models.clip.configuration_clip import CLIPConfig as HFCLIPConfig  # config class only
 
     hf = HFCLIPConfig.from_dict(config_json)
     t, v = hf.text_config, hf.vision_config

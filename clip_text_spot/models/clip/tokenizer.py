@@ -52,7 +52,7 @@ class CLIPTokenizer:
     """Tokenise texts into fixed-length CLIP id arrays (``path=None``: OpenAI's bundled vocabulary)."""
 
     def __init__(self, path: str | None = None, context_length: int = 77):
-        from transformers import CLIPTokenizer as HFCLIPTokenizer  # tokenizer only
+        from transformers.models.clip.tokenization_clip import CLIPTokenizer as HFCLIPTokenizer  # tokenizer only
 
         if path is None:
             vocab, merges = openai_vocab()

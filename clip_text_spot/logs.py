@@ -1,0 +1,65 @@
+"""Run logs: ``WORKDIR/metrics.jsonl`` (one JSON object per line), TensorBoard events, a progress bar.
+
+Only process 0 writes. Train lines carry ``kind: "train"``, eval lines ``kind: "eval"``; both carry ``step``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.generic, np.ndarray, jax.Array)):
+        v = np.asarray(v).item() if np.ndim(v) == 0 else np.asarray(v).tolist()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+class MetricWriter:
+    """Append metrics to ``metrics.jsonl`` and TensorBoard (``WORKDIR/tb``) on process 0."""
+
+    def __init__(self, workdir: str, tensorboard: bool = True):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+    def write(self, step: int, metrics: dict[str, Any], kind: str = "train") -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), "kind": kind, "time": round(time.time(), 3)}
+        row.update({k: _plain(v) for k, v in metrics.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "kind", "time") and isinstance(v, (int, float)):
+                    self._tb.add_scalar(f"{kind}/{k}", v, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:
+    """All rows of ``WORKDIR/metrics.jsonl`` (optionally of one ``kind``)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if kind is None or r.get("kind") == kind]
