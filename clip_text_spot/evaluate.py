@@ -22,7 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_text_spot.metrics.detection import STRATEGIES, SWEEPS, VARIANTS, DetProtocol, evaluate_detection, protocol_for
+from clip_text_spot.metrics.detection import (
+    STRATEGIES,
+    SWEEPS,
+    VARIANTS,
+    DetProtocol,
+    evaluate_detection,
+    protocol_for,
+)
 from clip_text_spot.metrics.recognition import CONVENTIONS, LabelNormalizer, evaluate_recognition, read_labels, rekey
 from clip_text_spot.metrics.spotting import (
     LEXICON_KINDS,
@@ -33,6 +40,7 @@ from clip_text_spot.metrics.spotting import (
     lexicon_provider,
 )
 from clip_text_spot.metrics.submission_io import FORMATS, AnnotationSet, MalformedInputError, load_annotations
+from clip_text_spot.metrics.totaltext import evaluate_totaltext
 
 
 class Progress:
@@ -80,6 +88,15 @@ def _write_json(path: str | None, payload: object) -> None:
 
 def _run_det(args: argparse.Namespace) -> dict:
     fmt, gt, pred = _load_pair(args, with_text=False)
+    skipped = len(gt.skipped_files) + len(pred.skipped_files)
+    if args.method != "rrc":
+        tt_method = args.method.removeprefix("totaltext-")
+        summary = evaluate_totaltext(gt.items, pred.items, method=tt_method, tr=args.tr, tp=args.tp, strict=args.strict)
+        print(
+            "det {} ({}): P {precision:.6f} R {recall:.6f} H {hmean:.6f}".format(fmt, args.method, **summary),
+            file=sys.stderr,
+        )
+        return {"task": "det", "protocol": fmt, "method": args.method, **summary, "skipped_files": skipped}
     protocol = protocol_for(fmt, args.variant)
     result = evaluate_detection(
         gt.items,
@@ -89,6 +106,7 @@ def _run_det(args: argparse.Namespace) -> dict:
         score_thr=args.score_thr,
         sweep=None if args.sweep == "none" else args.sweep,
         strict=args.strict,
+        tiou=args.tiou,
         progress=Progress("det images"),
     )
     _write_json(args.per_image, {str(k): v for k, v in result.per_image.items()})
@@ -103,10 +121,11 @@ def _run_det(args: argparse.Namespace) -> dict:
     return {
         "task": "det",
         "protocol": fmt,
+        "method": "rrc",
         "variant": args.variant,
         "strategy": args.strategy,
         **summary,
-        "skipped_files": len(gt.skipped_files) + len(pred.skipped_files),
+        "skipped_files": skipped,
     }
 
 
@@ -142,7 +161,8 @@ def _run_e2e(args: argparse.Namespace) -> dict:
             pairs_file=args.pairs_file,
             policy=args.lexicon_policy,
         )
-        dets, dropped = apply_lexicon(dets, LexiconMatcher(args.lexicon, args.lexicon_policy), provider)
+        matcher = LexiconMatcher(args.lexicon, args.lexicon_policy)
+        dets, dropped = apply_lexicon(dets, matcher, provider, progress=Progress("lexicon images"))
     protocol = DetProtocol(geometry="gpc", int_coords=fmt == "icdar2015")
     result = evaluate_spotting(
         gt.items,
@@ -208,6 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     det = sub.add_parser("det", help="detection hmean-IoU (ICDAR2015 / curved-text protocol, mmocr score sweep)")
     _add_spatial_options(det)
     det.add_argument(
+        "--method",
+        choices=("rrc", "totaltext-pascal", "totaltext-deteval"),
+        default="rrc",
+        help="rrc: ICDAR-style IoU > 0.5 one-to-one matching (what papers, DB, mmocr and TCM report); "
+        "totaltext-pascal / totaltext-deteval: Total-Text's official scripts (official detection files are y,x: "
+        "add --coord-order yx)",
+    )
+    det.add_argument("--tr", type=float, default=0.7, help="DetEval area-recall threshold (totaltext-deteval)")
+    det.add_argument("--tp", type=float, default=0.6, help="DetEval area-precision threshold (totaltext-deteval)")
+    det.add_argument(
         "--variant",
         choices=VARIANTS,
         default="official",
@@ -221,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one-to-one matching: RRC greedy or maximum bipartite (mmocr 1.x max_matching)",
     )
     det.add_argument("--score-thr", type=float, help="keep detections with score >= this for the main numbers")
+    det.add_argument("--tiou", action="store_true", help="also report TIoU precision/recall/hmean (Liu et al. 2019)")
     det.add_argument(
         "--sweep",
         choices=(*SWEEPS, "none"),

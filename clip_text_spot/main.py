@@ -8,6 +8,7 @@ checkpoint. ``--distributed`` calls ``jax.distributed.initialize()`` first (TPU 
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import sys
 
 from absl import app, flags, logging
@@ -19,9 +20,18 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(pylogging.Filter):
+    """Drop INFO chatter from orbax/grain (checkpoint internals) so progress and our own logs stay readable."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax"))
+        return record.levelno >= pylogging.WARNING or not noisy
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     import jax
 
     if _DISTRIBUTED.value:

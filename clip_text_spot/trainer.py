@@ -290,8 +290,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> TrainR
                         raise NonFiniteLossError(
                             f"{bad} consecutive steps with a non-finite loss or gradient (last loss "
                             f"{last_train['loss']}, grad norm {last_train['grad_norm']}) at step {step}. Check the "
-                            "learning rate (--config.optim.lr), the input normalisation, empty or degenerate targets in "
-                            "the data, and try --config.model.dtype=float32 if running in bfloat16."
+                            "learning rate (--config.optim.lr), the input normalisation, empty or degenerate "
+                            "targets in the data, and try --config.model.dtype=float32 if running in bfloat16."
                         )
                 ckpt.save(step, state, data, meta)
                 if step % eval_every == 0 or step == total_steps:

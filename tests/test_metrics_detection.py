@@ -5,7 +5,9 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import DATA
 
+from clip_text_spot.data.types import DetSample
 from clip_text_spot.metrics.detection import (
     SWEEPS,
     Counts,
@@ -21,8 +23,10 @@ from clip_text_spot.metrics.submission_io import (
     load_annotations,
     parse_curved,
     parse_icdar2015,
+    sample_key,
     write_submission,
 )
+from clip_text_spot.metrics.totaltext import deteval_credits, evaluate_totaltext, pascal_hits
 
 
 def box(x0, y0, x1, y1):
@@ -237,3 +241,47 @@ def test_submission_zip_round_trip(tmp_path):
     text = (curved / "5.txt").read_text()
     assert text == "0,4,4,4,4,0,0,0,####HI\n"  # reversed: the curved scripts reject shapely-ccw rings
     assert parse_curved(text, "5.txt", role="det", strict=True).texts == ["HI"]
+
+
+def test_totaltext_pascal_and_deteval_hand_cases():
+    halves = inst([box(0, 0, 50, 10), box(50, 0, 100, 10)])
+    whole = inst([box(0, 0, 100, 10)])
+    split = evaluate_totaltext({1: whole}, {1: halves}, method="deteval")  # one-to-many: sigma 0.5 + 0.5 >= 0.7
+    assert (split["recall"], split["precision"]) == pytest.approx((0.8, 0.8))
+    merged = evaluate_totaltext({1: halves}, {1: whole}, method="deteval")  # many-to-one: tau 0.5 + 0.5 >= 0.6
+    assert (merged["matched"], merged["precision_credit"]) == pytest.approx((1.6, 0.8))
+    assert deteval_credits(np.array([[0.75]]), np.array([[0.9]])) == (1.0, 1.0)
+    assert deteval_credits(np.array([[0.70]]), np.array([[0.9]])) == (0.0, 0.0)  # strict > tr in one-to-one
+    # Pascal VOC: each detection takes its best ground truth; d2's best (A) is already taken -> false positive
+    gt = inst([box(0, 0, 10, 10), box(6, 0, 16, 10)])
+    voc = evaluate_totaltext({1: gt}, {1: inst([box(3, 0, 13, 10), box(0, 0, 9, 10)])}, method="pascal")
+    assert (voc["matched"], voc["gt_care"], voc["det_care"]) == (1, 2, 2)
+    assert pascal_hits(np.array([[0.5, 0.49]])) == 1  # >= 0.5 here, unlike the RRC protocol
+    dc = inst([box(0, 0, 10, 10), box(20, 0, 30, 10)], ["###", "w"])
+    filtered = evaluate_totaltext({1: dc}, {1: inst([box(0, 0, 10, 10), box(20, 0, 30, 10)])}, method="pascal")
+    assert (filtered["matched"], filtered["det_care"]) == (1, 1)  # iod = 100 / 101 > 0.5 removes the first
+
+
+def test_totaltext_mat_ground_truth():
+    """Official poly_gt_img2.mat (Total-Text Evaluation_Protocol/Examples); values read back match the TIoU
+    text version of the same annotation (same points, reversed order)."""
+    gt = load_annotations(DATA / "eval" / "totaltext_mat", fmt="curved", role="gt").items[2]
+    assert gt.texts[:2] == ["nauGHTY", "NURIS"] and gt.texts[-2:] == ["#", "#"]
+    assert gt.dont_care.tolist() == [False] * 7 + [True] * 2
+    np.testing.assert_array_equal(gt.polygons[0], [[115, 322], [503, 346], [494, 426], [115, 404]])
+    with pytest.raises(MalformedInputError, match="only read as curved"):
+        load_annotations(DATA / "eval" / "totaltext_mat", fmt="icdar2015", role="gt")
+
+
+def test_mmocr_json_ground_truth_and_record_conversions():
+    gts = load_annotations(DATA / "eval" / "mmocr_textdet_toy.json", fmt="icdar2015", role="gt").items
+    assert sorted(gts) == list(range(1, 11))  # imgs/test/img_N.jpg
+    assert sum(len(g) for g in gts.values()) == 82 and sum(int(g.dont_care.sum()) for g in gts.values()) == 61
+    np.testing.assert_array_equal(gts[10].polygons[0], [[261, 138], [284, 140], [279, 158], [260, 158]])
+    care = {k: g.subset(~g.dont_care).polygons for k, g in gts.items()}
+    dets = {k: TextInstances.from_predictions([(p, 1.0) for p in polys]) for k, polys in care.items()}
+    result = evaluate_detection(gts, dets)
+    assert result.counts == Counts(21, 21, 21) and result.sweep is not None
+    sample = DetSample(b"", [box(0, 0, 4, 4).astype(np.float32)], ["###"], [True], name="img_7")
+    inst_ = TextInstances.from_det_sample(sample)
+    assert inst_.dont_care.tolist() == [True] and inst_.texts == ["###"] and sample_key(sample.name) == 7

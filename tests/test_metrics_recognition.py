@@ -5,6 +5,7 @@ import json
 
 import lmdb
 import pytest
+from conftest import DATA
 
 from clip_text_spot.metrics.recognition import (
     LabelNormalizer,
@@ -16,7 +17,6 @@ from clip_text_spot.metrics.recognition import (
     rekey,
 )
 from clip_text_spot.metrics.submission_io import MalformedInputError
-from conftest import DATA
 
 REC = DATA / "eval" / "rec"
 

@@ -28,7 +28,7 @@ with PARSeq's magnitudes (rotate 30 deg, shear x 0.9 / y 0.2, translate x 10% / 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -62,6 +62,10 @@ class DetAugConfig:
             raise ValueError("DetAugConfig.brightness and .saturation must be >= 0")
 
 
+LUMA = np.array([0.299, 0.587, 0.114])
+"""ITU-R 601 luma weights of R, G, B (torchvision's and OpenCV's grey conversion)."""
+
+
 def color_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float, saturation: float) -> np.ndarray:
     """torchvision ColorJitter restricted to brightness and saturation, on a uint8 RGB image."""
     ops = []
@@ -73,9 +77,8 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float,
         name, f = ops[k]
         if name == "b":
             image = cv2.convertScaleAbs(image, alpha=f)
-        else:
-            gray = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-            image = cv2.addWeighted(image, f, gray, 1.0 - f, 0.0)
+        else:  # f * image + (1 - f) * grey, grey = luma . rgb, as one colour matrix (saturating to uint8)
+            image = cv2.transform(image, f * np.eye(3) + (1.0 - f) * np.outer(np.ones(3), LUMA))
     return image
 
 
@@ -97,9 +100,7 @@ def _region_wise_random_select(rng: np.random.Generator, regions: list[np.ndarra
 
 
 def _outside_rect(poly: np.ndarray, x: float, y: float, w: float, h: float) -> bool:
-    return bool(
-        poly[:, 0].max() < x or poly[:, 0].min() > x + w or poly[:, 1].max() < y or poly[:, 1].min() > y + h
-    )
+    return bool(poly[:, 0].max() < x or poly[:, 0].min() > x + w or poly[:, 1].max() < y or poly[:, 1].min() > y + h)
 
 
 def east_crop_area(
@@ -149,9 +150,7 @@ def transform_points(matrix: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return p.astype(np.float32)
 
 
-def warp_affine(
-    image: np.ndarray, matrix: np.ndarray, out_size: tuple[int, int], fill: Sequence[float]
-) -> np.ndarray:
+def warp_affine(image: np.ndarray, matrix: np.ndarray, out_size: tuple[int, int], fill: Sequence[float]) -> np.ndarray:
     """Warp ``image`` by a 3x3 affine map between continuous coordinates (pixel i covers [i, i + 1]) into (H, W)."""
     shift = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
     unshift = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]])
@@ -195,9 +194,9 @@ def augment_det(
     k = min(target / cw, target / ch)
     out_w, out_h = int(cw * k), int(ch * k)
     crop = np.array([[k, 0, -x * k], [0, k, -y * k], [0, 0, 1]])
-    out = np.empty((target, target, 3), np.uint8)
-    out[...] = np.round(np.asarray(fill)).astype(np.uint8)
-    out[:out_h, :out_w] = warp_affine(image, crop @ mat, (out_h, out_w), fill)
+    out = warp_affine(image, crop @ mat, (target, target), fill)
+    out[out_h:] = np.round(np.asarray(fill)).astype(np.uint8)  # mmocr pads the resized crop bottom/right
+    out[:, out_w:] = np.round(np.asarray(fill)).astype(np.uint8)
 
     kept_polys, kept_ignore = [], []
     for p, ig in zip(polys, ignore, strict=True):
@@ -232,11 +231,11 @@ _FILL = (128, 128, 128)
 
 
 def _rotate(img: Image.Image, level: float, sign: float) -> Image.Image:
-    return img.rotate(sign * 30.0 * level, resample=Image.BILINEAR, fillcolor=_FILL)
+    return img.rotate(sign * 30.0 * level, resample=Image.Resampling.BILINEAR, fillcolor=_FILL)
 
 
 def _affine(img: Image.Image, coeffs: tuple[float, ...]) -> Image.Image:
-    return img.transform(img.size, Image.AFFINE, coeffs, resample=Image.BILINEAR, fillcolor=_FILL)
+    return img.transform(img.size, Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR, fillcolor=_FILL)
 
 
 def _poisson(img: Image.Image, level: float, rng: np.random.Generator) -> Image.Image:
@@ -251,7 +250,7 @@ def _blur(img: Image.Image, level: float) -> Image.Image:
     return img.filter(ImageFilter.GaussianBlur(radius))
 
 
-def _enhance(kind: type) -> object:
+def _enhance(kind: type) -> Callable[..., Image.Image]:
     return lambda img, level, sign, rng: kind(img).enhance(1.0 + sign * 0.9 * level)
 
 
@@ -297,7 +296,11 @@ class RecAugConfig:
             raise ValueError(f"RecAugConfig.magnitude must be in [0, 10], got {self.magnitude}")
 
 
-def augment_rec(image: np.ndarray, rng: np.random.Generator, config: RecAugConfig = RecAugConfig()) -> np.ndarray:
+PARSEQ_AUG = RecAugConfig()
+"""PARSeq's setting: 3 ops at magnitude 5, each with probability 0.5, from the full pool."""
+
+
+def augment_rec(image: np.ndarray, rng: np.random.Generator, config: RecAugConfig = PARSEQ_AUG) -> np.ndarray:
     """RandAugment a uint8 RGB word crop: ``num_ops`` distinct ops, each applied with probability ``prob``."""
     img = Image.fromarray(image)
     level = config.magnitude / 10.0
@@ -311,4 +314,4 @@ def augment_rec(image: np.ndarray, rng: np.random.Generator, config: RecAugConfi
 def resize_rec(image: np.ndarray, size: tuple[int, int] = (32, 128)) -> np.ndarray:
     """Bicubic resize of a uint8 RGB crop to exactly ``size`` = (H, W), ignoring the aspect ratio."""
     h, w = size
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))

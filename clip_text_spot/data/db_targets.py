@@ -16,15 +16,17 @@ Reference: ``eval_data.md`` §4.2 and §4.7, ``tcm.md`` §3.1. Per image, at net
    is acute), normalised by D and clipped to [0, 1]; ``canvas = max(canvas, 1 - min_over_edges)``; finally
    ``gt_thr = canvas (thr_max - thr_min) + thr_min``.
 
-The distance uses the algebraically equal form ``|cross| / |edge|`` and the test ``a^2 + b^2 > c^2`` in place of
-mmocr's cosine formulation (``-cos = (c^2 - a^2 - b^2) / (2ab)``), on separable pixel grids, so each edge costs a few
-full-window operations; results agree with the cosine form to float32 rounding. The shrink offset is applied to the
+The distance uses the algebraically equal forms ``|cross| / |edge|`` and ``(X - p).(X - q) > 0`` in place of mmocr's
+cosine formulation (``-cos = (c^2 - a^2 - b^2) / (2ab)``), evaluates each edge only on the pixels within ``D`` of its
+bounding box (elsewhere its clipped ratio is 1), and works on separable pixel grids; results agree with the cosine
+form to float32 rounding. The shrink offset is applied to the
 int32 polygon and the dilation to the float polygon, exactly as in the reference.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import cv2
@@ -33,6 +35,7 @@ import pyclipper
 import shapely
 
 TARGET_KEYS = ("gt_shrink", "gt_shrink_mask", "gt_thr", "gt_thr_mask")
+_EPS = float(np.finfo(np.float32).eps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +52,10 @@ class DBTargetConfig:
             raise ValueError(f"DBTargetConfig.shrink_ratio must be in (0, 1), got {self.shrink_ratio}")
         if not 0.0 <= self.thr_min < self.thr_max <= 1.0:
             raise ValueError(f"DBTargetConfig: need 0 <= thr_min < thr_max <= 1, got {self.thr_min}, {self.thr_max}")
+
+
+DB_TARGETS = DBTargetConfig()
+"""mmocr's / TCM's constants."""
 
 
 def shoelace_area(poly: np.ndarray) -> float:
@@ -79,28 +86,40 @@ def shrink_polygon(poly: np.ndarray, shrink_ratio: float) -> np.ndarray | None:
     return np.asarray(paths[0], np.int32)
 
 
-def _min_edge_distance_sq(poly: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Squared mmocr edge distance, minimised over the polygon's edges, on the grid ``ys[:, None] x xs[None, :]``.
+def _min_edge_ratio(poly: np.ndarray, x0: int, x1: int, y0: int, y1: int, distance: float) -> np.ndarray:
+    """``min_over_edges(clip(d / distance, 0, 1))`` on the integer grid [y0..y1] x [x0..x1] (float32).
 
-    For edge (p, q) and pixel X: a^2 = |X - p|^2, b^2 = |X - q|^2, c^2 = |p - q|^2; if a^2 + b^2 > c^2 (the angle at X
-    is acute, mmocr's ``neg_cos_c < 0``) the distance is min(a, b), else the distance to the line through p and q.
+    For edge (p, q) and pixel X, with a = |X - p|, b = |X - q|, c = |p - q|: when a^2 + b^2 > c^2 (the angle at X
+    is acute, mmocr's ``neg_cos_c < 0``) d = min(a, b), else d is the distance from X to the line through p and q.
+    Pixels farther than ``distance`` from an edge's bounding box have d >= distance for that edge, so each edge is
+    evaluated only on its bounding box grown by ``distance`` (the rest keeps the clipped value 1).
     """
-    out = None
-    xs = xs.astype(np.float32)[None, :]
-    ys = ys.astype(np.float32)[:, None]
+    xs = np.arange(x0, x1 + 1, dtype=np.float32)
+    ys = np.arange(y0, y1 + 1, dtype=np.float32)
+    out = np.full((len(ys), len(xs)), np.float32(distance) ** 2, np.float32)
     n = len(poly)
     for i in range(n):
-        px, py = poly[i]
-        qx, qy = poly[(i + 1) % n]
+        px, py = (float(v) for v in poly[i])
+        qx, qy = (float(v) for v in poly[(i + 1) % n])
+        c0 = max(0, math.ceil(min(px, qx) - distance - x0))  # window of grid points within `distance` of the box
+        c1 = min(len(xs), math.floor(max(px, qx) + distance - x0) + 1)
+        r0 = max(0, math.ceil(min(py, qy) - distance - y0))
+        r1 = min(len(ys), math.floor(max(py, qy) + distance - y0) + 1)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        x = xs[None, c0:c1]
+        y = ys[r0:r1, None]
         dx, dy = qx - px, qy - py
-        c2 = np.float32(dx * dx + dy * dy)
-        a2 = (ys - py) ** 2 + (xs - px) ** 2
-        b2 = (ys - qy) ** 2 + (xs - qx) ** 2
-        cross = (ys - py) * np.float32(dx) - (xs - px) * np.float32(dy)
-        line2 = cross * cross / (c2 + np.finfo(np.float32).eps)
-        d2 = np.where(a2 + b2 > c2, np.minimum(a2, b2), line2)
-        out = d2 if out is None else np.minimum(out, d2, out=out)
-    return out
+        c2 = dx * dx + dy * dy
+        xp, xq, yp, yq = x - px, x - qx, y - py, y - qy
+        a2 = yp * yp + xp * xp
+        b2 = yq * yq + xq * xq
+        cross = yp * np.float32(dx / np.sqrt(c2 + _EPS)) - xp * np.float32(dy / np.sqrt(c2 + _EPS))
+        acute = (yp * yq + xp * xq) > 0  # a^2 + b^2 - c^2 = 2 (X - p).(X - q)
+        d2 = np.where(acute, np.minimum(a2, b2), cross * cross)
+        window = out[r0:r1, c0:c1]
+        np.minimum(window, d2, out=window)
+    return np.sqrt(out) / np.float32(distance)
 
 
 def draw_border_map(poly: np.ndarray, shrink_ratio: float, canvas: np.ndarray, mask: np.ndarray) -> None:
@@ -122,14 +141,7 @@ def draw_border_map(poly: np.ndarray, shrink_ratio: float, canvas: np.ndarray, m
     if x0 - x_min >= width or y0 - y_min >= height:
         return
     # Only the part of the bounding box inside the image is ever written, so only that part is computed.
-    shifted = poly - (x_min, y_min)
-    xs = np.arange(x0 - x_min, x1 - x_min + 1)
-    ys = np.arange(y0 - y_min, y1 - y_min + 1)
-    if len(xs) == 0 or len(ys) == 0:
-        return
-    d2 = _min_edge_distance_sq(shifted, xs, ys)
-    ratio = np.sqrt(d2) / np.float32(distance)
-    value = 1.0 - np.clip(ratio, 0.0, 1.0)
+    value = 1.0 - _min_edge_ratio(poly, x0, x1, y0, y1, distance)
     window = canvas[y0 : y1 + 1, x0 : x1 + 1]
     np.fmax(value, window, out=window)
 
@@ -138,7 +150,7 @@ def db_targets(
     polygons: Sequence[np.ndarray],
     ignore: Sequence[bool],
     shape: tuple[int, int],
-    config: DBTargetConfig = DBTargetConfig(),
+    config: DBTargetConfig = DB_TARGETS,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """DBNet targets for one image of ``shape`` (H, W) with float polygons [n_i, 2] in pixel coordinates.
 
@@ -154,7 +166,7 @@ def db_targets(
         if not ignored[i] and is_invalid_polygon(poly, config.min_short_size):
             ignored[i] = True
 
-    kernel = np.zeros((h, w), np.uint8)
+    kernel = np.zeros((h, w), np.float32)
     for i, poly in enumerate(polys):
         if ignored[i]:
             continue
@@ -164,22 +176,22 @@ def db_targets(
             continue
         cv2.fillPoly(kernel, [shrunk], 1)
 
-    shrink_mask = np.ones((h, w), np.uint8)
+    shrink_mask = np.ones((h, w), np.float32)
     for i, poly in enumerate(polys):
         if ignored[i] and len(poly):
             cv2.fillPoly(shrink_mask, [poly.astype(np.int32)], 0)
 
     canvas = np.zeros((h, w), np.float32)
-    thr_mask = np.zeros((h, w), np.uint8)
+    thr_mask = np.zeros((h, w), np.float32)
     for i, poly in enumerate(polys):
         if not ignored[i]:
             draw_border_map(poly, config.shrink_ratio, canvas, thr_mask)
     gt_thr = canvas * np.float32(config.thr_max - config.thr_min) + np.float32(config.thr_min)
 
     targets = {
-        "gt_shrink": kernel.astype(np.float32),
-        "gt_shrink_mask": shrink_mask.astype(np.float32),
+        "gt_shrink": kernel,
+        "gt_shrink_mask": shrink_mask,
         "gt_thr": gt_thr,
-        "gt_thr_mask": thr_mask.astype(np.float32),
+        "gt_thr_mask": thr_mask,
     }
     return targets, ignored

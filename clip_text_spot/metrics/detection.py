@@ -12,7 +12,7 @@ Variants (``variant``) change only geometry details (see ``polygons`` for the in
 ========== =============================== ===========================================================
 official   ``gpc`` geometry                 icdar2015 format: coordinates ``int()``-cast as the RRC script
 mmocr0     ``buffer0``                      mmocr 0.x ``hmean-iou`` (TCM / FastTCM), float coordinates
-mmocr1     ``mmocr1``, DC ``+1e-5``         mmocr 1.x ``HmeanIOUMetric``
+mmocr1     ``mmocr1``, DC ``+1e-5``         mmocr 1.x ``HmeanIOUMetric`` (it builds float32 polygons; we use float64)
 db         ``skip``                         MhLiao/DB ``icdar2015_eval`` (invalid / non-simple dropped)
 ========== =============================== ===========================================================
 
@@ -23,6 +23,9 @@ thresholds ``i * 0.1`` for ``i in 3..9`` (0.30000000000000004, ..., 0.9), ``mmoc
 ``np.arange(0.3, 0.9, 0.1)`` (7 values, the last 0.9000000000000001). A detection is kept at threshold ``t`` when
 ``score >= t``; the first threshold with the strictly highest hmean wins. The fixed-threshold number (all
 detections, or ``score >= score_thr``) is always reported beside it, since the sweep is tuned on the test set.
+
+TIoU (``tiou=True``) is an optional extra report on the same matches. Total-Text's own Pascal-VOC and DetEval
+scripts are in ``clip_text_spot.metrics.totaltext``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 import numpy as np
+import shapely
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 
@@ -75,12 +79,17 @@ def protocol_for(fmt: str, variant: str = "official") -> DetProtocol:
     raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
 
 
-def prf(hits: float, gt_care: int, det_care: int) -> tuple[float, float, float]:
-    """Dataset-level (precision, recall, hmean): 0 for a zero denominator."""
+def _hmean(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def prf(hits: float, gt_care: int, det_care: int, precision_hits: float | None = None) -> tuple[float, float, float]:
+    """Dataset-level (precision, recall, hmean) with 0 for a zero denominator; ``precision_hits`` (default
+    ``hits``) is the precision credit where it differs from the recall credit (TIoU, DetEval)."""
+    precision_hits = hits if precision_hits is None else precision_hits
     recall = hits / gt_care if gt_care else 0.0
-    precision = hits / det_care if det_care else 0.0
-    hmean = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return precision, recall, hmean
+    precision = precision_hits / det_care if det_care else 0.0
+    return precision, recall, _hmean(precision, recall)
 
 
 def per_sample_prf(hits: float, gt_care: int, det_care: int) -> tuple[float, float, float]:
@@ -90,8 +99,7 @@ def per_sample_prf(hits: float, gt_care: int, det_care: int) -> tuple[float, flo
         recall, precision = 1.0, (0.0 if det_care else 1.0)
     else:
         recall, precision = hits / gt_care, (hits / det_care if det_care else 0.0)
-    hmean = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return precision, recall, hmean
+    return precision, recall, _hmean(precision, recall)
 
 
 @dataclasses.dataclass
@@ -127,6 +135,7 @@ class ImageGeometry:
     iou: np.ndarray
     inter: np.ndarray
     gt_dont_care: np.ndarray
+    gt: PreparedPolygons
     det: PreparedPolygons
     gt_index: np.ndarray
     det_index: np.ndarray
@@ -160,6 +169,7 @@ def image_geometry(gt: TextInstances, det: TextInstances, protocol: DetProtocol)
         iou=iou_from_intersections(inter, gt_poly, det_poly),
         inter=inter,
         gt_dont_care=gt.dont_care[gt_index],
+        gt=gt_poly,
         det=det_poly,
         gt_index=gt_index,
         det_index=det_index,
@@ -192,6 +202,42 @@ def match_pairs(
         owner = maximum_bipartite_matching(csr_matrix(eligible.astype(np.int8)), perm_type="row")
         return sorted((int(g), int(d)) for d, g in enumerate(owner) if g != -1)
     raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+
+
+def _penalty(x: float) -> float:
+    return 1.0 if x <= 0.01 else 1.0 - x
+
+
+def tiou_terms(geo: ImageGeometry, pairs: list[tuple[int, int]]) -> tuple[float, float]:
+    """Summed TIoU (recall, precision) terms of matched pairs (Liu et al. 2019, TIoU repo ``script.py``).
+
+    Recall term: ``inter * f(Ct / area_g) / union`` with ``Ct = area_g - inter`` (ground truth not covered).
+    Precision term: ``inter * f(Ot / area_d) / union`` with ``Ot`` the part of the detection covered by the union
+    of the *other* ground truths it touches (don't-care ones included, as in the script) minus their overlap
+    with this pair's intersection; ``f(x) = 1 if x <= 0.01 else 1 - x``. Out-of-range values give 0 as the
+    script's asserts do.
+    """
+    rec = prec = 0.0
+    for g, d in pairs:
+        inter, area_g, area_d = geo.inter[g, d], geo.gt.own_area[g], geo.det.own_area[d]
+        union = area_g + area_d - inter
+        if union <= 0:
+            continue
+        cut = area_g - inter
+        if area_g > 0 and 0 <= cut <= area_g:
+            rec += inter * _penalty(cut / area_g) / union
+        others = [i for i in np.flatnonzero(geo.inter[:, d] != 0) if i != g]
+        outlier = 0.0
+        if others:
+            cover = shapely.union_all(geo.gt.geoms[others])
+            det_geom, pair = geo.det.geoms[d], shapely.intersection(geo.det.geoms[d], geo.gt.geoms[g])
+            outlier = shapely.area(shapely.intersection(det_geom, cover)) - shapely.area(
+                shapely.intersection(pair, cover)
+            )
+            outlier = 0.0 if outlier <= 1e-10 else outlier
+        if area_d > 0 and outlier <= area_d:
+            prec += inter * _penalty(outlier / area_d) / union
+    return rec, prec
 
 
 @dataclasses.dataclass
@@ -227,7 +273,9 @@ class DetectionResult:
         return out
 
 
-def _check_keys(gts: Mapping[int, TextInstances], dets: Mapping[int, TextInstances], strict: bool) -> list[int]:
+def check_keys(gts: Mapping[int, TextInstances], dets: Mapping[int, TextInstances], strict: bool) -> list[int]:
+    """Image numbers of ``dets`` missing from ``gts``; with ``strict`` the first one is an error (as the RRC
+    scripts, which reject a submission with a sample not in the ground truth)."""
     extra = sorted(set(dets) - set(gts))
     if extra and strict:
         raise MalformedInputError(dets[extra[0]].source, None, f"image {extra[0]} is not in the ground truth")
@@ -248,6 +296,7 @@ def evaluate_detection(
     score_thr: float | None = None,
     sweep: str | None = "mmocr0",
     strict: bool = False,
+    tiou: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> DetectionResult:
     """Evaluate detections against ground truth, both keyed by image number.
@@ -255,12 +304,13 @@ def evaluate_detection(
     Images of the ground truth without detections count with no detections. Detection images absent from the
     ground truth are an error with ``strict`` (as the RRC script), otherwise ignored and counted in
     ``stats['unknown_images']``. ``score_thr`` keeps detections with ``score >= score_thr`` for the main numbers;
-    ``sweep`` ('mmocr0', 'mmocr1' or None) adds the threshold sweep when every detection carries a score.
+    ``sweep`` ('mmocr0', 'mmocr1' or None) adds the threshold sweep when every detection carries a score;
+    ``tiou`` adds the TIoU precision / recall / hmean of the main matching (``tiou_terms``) to the stats.
     """
     protocol = protocol or DetProtocol()
     if sweep is not None and sweep not in SWEEPS:
         raise ValueError(f"unknown sweep {sweep!r}; choose one of {tuple(SWEEPS)} or None")
-    extra = _check_keys(gts, dets, strict)
+    extra = check_keys(gts, dets, strict)
     keys = sorted(gts)
     has_scores = _scores_available(dets, keys)
     if score_thr is not None and not has_scores:
@@ -270,6 +320,7 @@ def evaluate_detection(
     sweep_counts = [Counts() for _ in thresholds]
     per_image: dict[int, dict] = {}
     stats = {"images": len(keys), "gt_total": 0, "det_total": 0, "invalid_gt": 0, "invalid_det": 0}
+    tiou_sums = np.zeros(2)
     empty = TextInstances([], [], np.zeros(0, bool))
     for n, key in enumerate(keys):
         gt, det = gts[key], dets.get(key, empty)
@@ -281,6 +332,8 @@ def evaluate_detection(
         pairs = match_pairs(geo.iou, gt_care, kept, thr=protocol.iou_thr, strategy=strategy)
         image = Counts(len(pairs), int(gt_care.sum()), int(kept.sum()))
         counts += image
+        if tiou:
+            tiou_sums += tiou_terms(geo, pairs)
         for t, acc in zip(thresholds, sweep_counts, strict=True):
             keep_t = det_care & (scores >= t)
             acc += Counts(
@@ -305,6 +358,9 @@ def evaluate_detection(
             progress(n + 1, len(keys))
     stats["unknown_images"] = len(extra)
     stats["score_thr"] = score_thr
+    if tiou:
+        rates = prf(float(tiou_sums[0]), counts.gt_care, counts.det_care, precision_hits=float(tiou_sums[1]))
+        stats["tiou"] = dict(zip(("precision", "recall", "hmean"), rates, strict=True))
     return DetectionResult(
         counts, per_image, list(zip(thresholds, sweep_counts, strict=True)) if thresholds else None, stats
     )

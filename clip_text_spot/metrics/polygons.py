@@ -10,7 +10,8 @@ implementations and changes counts, so it is a named policy (see ``eval_data.md`
     What the official RRC scripts compute with Polygon2/Polygon3 (GPC clipping): the polygon's own area is the
     absolute shoelace sum of the ring as given (a symmetric bow-tie has area 0), intersections use the even-odd
     filled region (shapely ``make_valid``), and the union is ``area_d + area_g - inter``. For valid polygons this is
-    plain shapely geometry.
+    plain shapely geometry. Checked against Polygon3 on 3000 random integer quads (most self-intersecting): the
+    match decisions (IoU > 0.5, area precision > 0.5) agreed on all but one degenerate pair.
 ``buffer0``
     mmocr 0.x (TCM / FastTCM): an invalid polygon is replaced by ``buffer(0)`` for intersections and unions; the
     don't-care area-precision denominator is the raw polygon's area.

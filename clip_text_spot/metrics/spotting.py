@@ -33,7 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_text_spot.metrics.detection import Counts, DetProtocol, image_geometry, match_pairs, per_sample_prf
+from clip_text_spot.metrics.detection import (
+    Counts,
+    DetProtocol,
+    check_keys,
+    image_geometry,
+    match_pairs,
+    per_sample_prf,
+)
 from clip_text_spot.metrics.polygons import polygons_from_points
 from clip_text_spot.metrics.recognition import levenshtein_many
 from clip_text_spot.metrics.submission_io import DONT_CARE, MalformedInputError, TextInstances
@@ -81,6 +88,9 @@ def transcription_match(gt: str, det: str, special: str = SPECIAL_CHARACTERS) ->
     return (first and gt[1:] == det) or (last and gt[:-1] == det) or (first and last and gt[1:-1] == det)
 
 
+_BUCKETS = 64
+
+
 @dataclasses.dataclass
 class Lexicon:
     """Lexicon words in file order and the map from an upper-cased word to its original form."""
@@ -90,22 +100,34 @@ class Lexicon:
 
     def __post_init__(self):
         self._upper = [w.upper() for w in self.words]
+        self._lengths = np.array([len(w) for w in self._upper], np.int64)
+        codes = np.array([ord(c) % _BUCKETS for w in self._upper for c in w], np.int64)
+        rows = np.repeat(np.arange(len(self._upper)), self._lengths)
+        self._hist = np.zeros((_BUCKETS, len(self._upper)), np.int16)  # character histograms, one column per word
+        np.add.at(self._hist, (codes, rows), 1)
+
+    def _lower_bounds(self, query: str) -> np.ndarray:
+        """A lower bound of the edit distance to every word: the length difference, and half the L1 distance of
+        the (bucketed) character histograms, since one edit changes that histogram by at most 2."""
+        overlap = np.zeros(len(self._upper), np.int64)
+        for bucket, count in zip(*np.unique([ord(c) % _BUCKETS for c in query], return_counts=True), strict=True):
+            overlap += np.minimum(self._hist[bucket], count)
+        l1 = self._lengths + len(query) - 2 * overlap
+        return np.maximum(np.abs(self._lengths - len(query)), (l1 + 1) // 2)
 
     def best(self, text: str) -> tuple[str, int]:
         """(original form of the closest word, distance), first strict minimum in lexicon order; ('', 100) if empty.
 
-        Words are scanned by growing length difference (a lower bound of the distance), so a large lexicon only
-        costs the lengths that can still win.
+        Exact distances are computed only for words whose lower bound does not exceed the best distance so far,
+        in increasing bound order, so a 90k-word lexicon stays cheap.
         """
         query = text.upper()
-        lengths = np.array([len(w) for w in self._upper])
+        bounds = self._lower_bounds(query)
         best_dist, best_index = 100, -1
-        for gap in range(0, int(np.max(lengths, initial=0)) + len(query) + 1):
-            if gap > best_dist:
+        for bound in np.unique(bounds):
+            if bound > best_dist:
                 break
-            idx = np.flatnonzero(np.abs(lengths - len(query)) == gap)
-            if idx.size == 0:
-                continue
+            idx = np.flatnonzero(bounds == bound)
             dist = levenshtein_many(query, [self._upper[i] for i in idx])
             d = int(dist.min())
             first = int(idx[np.flatnonzero(dist == d)[0]])
@@ -202,11 +224,16 @@ class LexiconMatcher:
 
 
 def apply_lexicon(
-    dets: Mapping[int, TextInstances], matcher: LexiconMatcher, lexicons: Callable[[int], Lexicon]
+    dets: Mapping[int, TextInstances],
+    matcher: LexiconMatcher,
+    lexicons: Callable[[int], Lexicon],
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[int, TextInstances], int]:
     """Detections with corrected transcriptions, and how many were dropped."""
     out, dropped = {}, 0
-    for key, det in dets.items():
+    for n, (key, det) in enumerate(dets.items()):
+        if progress is not None:
+            progress(n + 1, len(dets))
         if len(det) == 0:
             out[key] = det
             continue
@@ -259,9 +286,7 @@ def evaluate_spotting(
     truth are an error with ``strict``, otherwise ignored and counted.
     """
     protocol = protocol or DetProtocol()
-    extra = sorted(set(dets) - set(gts))
-    if extra and strict:
-        raise MalformedInputError(dets[extra[0]].source, None, f"image {extra[0]} is not in the ground truth")
+    extra = check_keys(gts, dets, strict)
     e2e, det_only = Counts(), Counts()
     per_image: dict[int, dict] = {}
     stats = {"images": len(gts), "gt_total": 0, "det_total": 0, "invalid_det_dropped": 0, "unknown_images": len(extra)}

@@ -3,9 +3,10 @@
 A ground-truth or submission set is a zip file or a folder of ``.txt`` files, one per image. Files are matched by
 image number: the key of a file is the integer formed by the last run of digits before ``.txt`` in its base name
 (``gt_img_17.txt``, ``res_img_17.txt``, ``17.txt``, ``0000017.txt``, ``poly_gt_img17.txt`` and ``img17.txt`` all
-have key 17). Hidden files, ``__MACOSX`` entries, folders and non-``.txt`` files are ignored; a ``.txt`` file without
-a number is an error (or a counted skip with ``strict=False``). A ground-truth set may also be an mmocr unified
-``textdet`` JSON file (``data_list[].img_path`` gives the key, ``instances[].polygon`` / ``ignore`` / ``text``).
+have key 17). Hidden files, ``__MACOSX`` entries, folders and files other than ``.txt`` / ``.mat`` are ignored; a
+file without a number is an error (or a counted skip with ``strict=False``). Curved ground truth may also be the
+official Total-Text ``poly_gt_imgN.mat`` files, and any ground truth an mmocr unified ``textdet`` JSON file
+(``data_list[].img_path`` gives the key, ``instances[].polygon`` / ``ignore`` / ``text``).
 
 Decoding follows ``rrc_evaluation_funcs``: UTF-8 with replacement, one leading BOM removed, lines split on ``\\n``
 with every ``\\r`` removed (so CRLF files work), empty lines skipped. Line numbers in messages are 1-based.
@@ -31,6 +32,7 @@ Line grammars (``fmt``):
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import re
@@ -39,7 +41,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 
+from clip_text_spot.data.types import DetSample
 from clip_text_spot.metrics.polygons import is_shapely_ccw, polygons_from_points, rrc_clockwise_sum
 
 FORMATS = ("icdar2015", "curved")
@@ -48,7 +52,7 @@ DONT_CARE = "###"
 _INT = r"-?[0-9]+"
 _NUM = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 _NUM_RE = re.compile(_NUM)
-_KEY_RE = re.compile(r"([0-9]+)\.txt$", re.IGNORECASE)
+_KEY_RE = re.compile(r"([0-9]+)\.(?:txt|mat)$", re.IGNORECASE)
 _QUOTED_RE = re.compile(r'^\s*"(.*)"\s*$')
 
 
@@ -101,9 +105,19 @@ class TextInstances:
             source=self.source,
         )
 
-    def where(self, index: int) -> str:
-        """``source:line`` of one instance, for messages."""
-        return f"{self.source}:{self.lines[index]}" if self.lines[index] else f"{self.source}[{index}]"
+    @classmethod
+    def from_det_sample(cls, sample: DetSample) -> TextInstances:
+        """Ground truth from a dataset record (its ``ignore`` flags are the don't-cares)."""
+        polygons = [np.asarray(p, np.float64).reshape(-1, 2) for p in sample.polygons]
+        return cls(polygons, list(sample.texts), np.asarray(sample.ignore, bool), source=sample.name)
+
+    @classmethod
+    def from_predictions(cls, predictions: Sequence[tuple], source: str = "") -> TextInstances:
+        """Detections from ``(polygon, score)`` or ``(polygon, score, text)`` tuples (``db_postprocess`` output)."""
+        polygons = [np.asarray(p[0], np.float64).reshape(-1, 2) for p in predictions]
+        texts = [str(p[2]) if len(p) > 2 else "" for p in predictions]
+        scores = np.array([float(p[1]) for p in predictions], np.float64)
+        return cls(polygons, texts, np.zeros(len(polygons), bool), scores, source=source)
 
 
 @dataclasses.dataclass
@@ -115,9 +129,16 @@ class AnnotationSet:
 
 
 def image_key(name: str) -> int | None:
-    """The image number of a ``.txt`` file name (last digit run before ``.txt``), or None."""
+    """The image number of a ``.txt`` / ``.mat`` file name (last digit run before the suffix), or None."""
     m = _KEY_RE.search(os.path.basename(name))
     return int(m.group(1)) if m else None
+
+
+def sample_key(name: str) -> int | None:
+    """The image number of an image path or sample name (``imgs/img_12.jpg``, ``img_12``): the last digit run of
+    the base name without extension, or None."""
+    digits = re.findall(r"[0-9]+", os.path.splitext(os.path.basename(name))[0])
+    return int(digits[-1]) if digits else None
 
 
 def decode_text(raw: bytes) -> str:
@@ -138,11 +159,12 @@ def iter_lines(text: str) -> Iterable[tuple[int, str]]:
 
 def _ignored_member(name: str) -> bool:
     base = os.path.basename(name)
-    return not base or base.startswith(".") or "__MACOSX" in name or not base.lower().endswith(".txt")
+    return not base or base.startswith(".") or "__MACOSX" in name or not base.lower().endswith((".txt", ".mat"))
 
 
-def read_text_files(path: str | os.PathLike, *, strict: bool = True) -> tuple[dict[int, tuple[str, str]], list[str]]:
-    """Read a zip or a folder of ``.txt`` files into ``{key: (source_name, text)}`` and the skipped file names."""
+def read_files(path: str | os.PathLike, *, strict: bool = True) -> tuple[dict[int, tuple[str, bytes]], list[str]]:
+    """Read a zip or a folder of ``.txt`` (and ``.mat``) files into ``{key: (source_name, raw bytes)}`` and the
+    names of the files skipped with ``strict=False``."""
     path = Path(path)
     if not path.exists():
         raise MalformedInputError(str(path), None, "no such file or folder")
@@ -158,18 +180,18 @@ def read_text_files(path: str | os.PathLike, *, strict: bool = True) -> tuple[di
                     entries.append((f"{path}:{info.filename}", zf.read(info)))
     else:
         raise MalformedInputError(str(path), None, "expected a zip file or a folder of .txt files")
-    files: dict[int, tuple[str, str]] = {}
+    files: dict[int, tuple[str, bytes]] = {}
     skipped: list[str] = []
     for name, raw in entries:
         key = image_key(name)
         if key is None:
             if strict:
-                raise MalformedInputError(name, None, "file name has no image number before '.txt'")
+                raise MalformedInputError(name, None, "file name has no image number before its suffix")
             skipped.append(name)
             continue
         if key in files:
             raise MalformedInputError(name, None, f"image number {key} also used by {files[key][0]}")
-        files[key] = (name, decode_text(raw))
+        files[key] = (name, raw)
     return files, skipped
 
 
@@ -284,6 +306,28 @@ def _parse_totaltext_legacy(text: str, source: str) -> TextInstances:
     return out.build()
 
 
+def parse_totaltext_mat(raw: bytes, source: str) -> TextInstances:
+    """Parse an official Total-Text ``poly_gt_imgN.mat`` (key ``polygt``, or ``gt`` in annotation-tool files): rows
+    ``['x:', xs, 'y:', ys, transcription, orientation]``; orientation or transcription ``#`` = don't care."""
+    try:
+        mat = scipy.io.loadmat(io.BytesIO(raw))
+    except (ValueError, TypeError, OSError) as e:
+        raise MalformedInputError(source, None, f"not a MATLAB .mat file ({e})") from e
+    rows = mat.get("polygt", mat.get("gt"))
+    if rows is None or rows.ndim != 2 or rows.shape[1] < 6:
+        raise MalformedInputError(source, None, "expected a K x 6 'polygt' (or 'gt') cell array")
+    out = _Builder(source)
+    for k, row in enumerate(rows, start=1):
+        xs, ys = np.asarray(row[1], np.float64).reshape(-1), np.asarray(row[3], np.float64).reshape(-1)
+        if len(xs) != len(ys):
+            raise MalformedInputError(source, None, f"row {k}: {len(xs)} x values but {len(ys)} y values")
+        text = str(row[4].reshape(-1)[0]) if np.size(row[4]) else ""
+        ornt = str(row[5].reshape(-1)[0]) if np.size(row[5]) else ""
+        pts = _points([v for xy in zip(xs, ys, strict=True) for v in xy], f"{source} row {k}", 0)
+        out.add(0, pts, text, None, ornt == "#" or text in ("#", DONT_CARE))
+    return out.build()
+
+
 def parse_curved(
     text: str, source: str, *, role: str, with_text: bool = False, strict: bool = False, coord_order: str = "xy"
 ) -> TextInstances:
@@ -344,9 +388,8 @@ def _load_mmocr_json(path: Path) -> AnnotationSet:
     items: dict[int, TextInstances] = {}
     for i, entry in enumerate(entries):
         where = f"{path}:data_list[{i}]"
-        stem = os.path.splitext(os.path.basename(str(entry.get("img_path", ""))))[0]
-        digits = re.findall(r"[0-9]+", stem)
-        if not digits:
+        key = sample_key(str(entry.get("img_path", "")))
+        if key is None:
             raise MalformedInputError(where, None, f"img_path {entry.get('img_path')!r} has no image number")
         out = _Builder(where)
         for j, inst in enumerate(entry.get("instances", [])):
@@ -357,7 +400,7 @@ def _load_mmocr_json(path: Path) -> AnnotationSet:
                 )
             text = str(inst.get("text", ""))
             out.add(0, np.asarray(poly, np.float64).reshape(-1, 2), text, None, bool(inst.get("ignore", False)))
-        items[int(digits[-1])] = out.build()
+        items[key] = out.build()
     return AnnotationSet(items)
 
 
@@ -378,9 +421,15 @@ def load_annotations(
         if role != "gt":
             raise MalformedInputError(str(path), None, "JSON input is only accepted for ground truth")
         return _load_mmocr_json(path)
-    files, skipped = read_text_files(path, strict=strict)
+    files, skipped = read_files(path, strict=strict)
     items = {}
-    for key, (name, text) in files.items():
+    for key, (name, raw) in files.items():
+        if name.lower().endswith(".mat"):
+            if role != "gt" or fmt != "curved":
+                raise MalformedInputError(name, None, ".mat files are only read as curved (Total-Text) ground truth")
+            items[key] = parse_totaltext_mat(raw, name)
+            continue
+        text = decode_text(raw)
         if fmt == "icdar2015":
             items[key] = parse_icdar2015(text, name, role=role, with_text=with_text, strict=strict)
         else:

@@ -47,7 +47,11 @@ class _Encode:
         out = np.zeros((h, w, 3), np.float32)
         out[:, :new_w] = (img.astype(np.float32) - CLIP_MEAN) / CLIP_STD
         ids = self._tok(sample.label, truncate=True)["input_ids"][0]
-        return {"image": out, "input_ids": ids, "label": np.frombuffer(sample.label.encode().ljust(32)[:32], np.uint8)}
+        return {
+            "image": out,
+            "input_ids": ids,
+            "label": np.frombuffer(sample.label.lower().encode().ljust(32)[:32], np.uint8),
+        }
 
 
 class ClipContrastiveTask:
@@ -58,7 +62,13 @@ class ClipContrastiveTask:
         self.clip_config = preset(config.model.preset).replace(
             dtype=config.model.dtype, text={"context_length": config.model.context_length}
         )
-        self.style = TextStyle(vocab_size=config.data.vocab_size, max_rotation=5.0, curve_prob=0.0)
+        # words only (lower / Title / UPPER), mild geometry: captions are case-insensitive after CLIP's BPE
+        self.style = TextStyle(
+            vocab_size=config.data.vocab_size,
+            word_kind_weights=(0.5, 0.3, 0.2, 0.0, 0.0),
+            max_rotation=5.0,
+            curve_prob=0.0,
+        )
         self.encode = _Encode(config.data.crop_size, config.model.context_length)
 
     def build_model(self, rngs: nnx.Rngs) -> nnx.Module:

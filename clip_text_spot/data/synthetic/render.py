@@ -22,11 +22,10 @@ import numpy as np
 import shapely
 from PIL import Image, ImageDraw
 
+from clip_text_spot.data.augment import LUMA
 from clip_text_spot.data.synthetic.backgrounds import BACKGROUND_KINDS
 from clip_text_spot.data.synthetic.fonts import DEJAVU_FONTS, load_font
 from clip_text_spot.data.synthetic.words import WORD_KINDS
-
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +81,10 @@ class TextStyle:
             raise ValueError(f"TextStyle.curve_points must be >= 2, got {self.curve_points}")
         if not 0.0 <= self.perspective < 0.5:
             raise ValueError(f"TextStyle.perspective must be in [0, 0.5), got {self.perspective}")
+
+
+DET_STYLE = TextStyle()
+"""Default style of detection images: clear, moderately sized words."""
 
 
 @functools.lru_cache(maxsize=65536)
@@ -208,8 +211,8 @@ def shape_word(rng: np.random.Generator, text: str, style: TextStyle, max_rotati
 def text_color(rng: np.random.Generator, background_mean: np.ndarray, min_contrast: float) -> np.ndarray:
     """A random RGB colour (float32, 0..255) whose luminance differs from the background's by >= min_contrast."""
     color = rng.uniform(0, 255, size=3).astype(np.float32)
-    y_bg = float(background_mean @ _LUMA) / 255.0
-    y = float(color @ _LUMA) / 255.0
+    y_bg = float(background_mean @ LUMA) / 255.0
+    y = float(color @ LUMA) / 255.0
     if abs(y - y_bg) >= min_contrast:
         return color
     dark = y_bg >= 0.5
@@ -237,9 +240,10 @@ def paste_word(
     patch = image[py0:py1, px0:px1]
     bg_mean = np.array(cv2.mean(patch, mask=alpha)[:3], np.float32)
     color = text_color(rng, bg_mean, min_contrast)
-    a = alpha.astype(np.float32)[..., None] * np.float32(1 / 255)
-    patch_f = patch.astype(np.float32)
-    patch[...] = np.clip(patch_f + a * (color - patch_f) + 0.5, 0, 255).astype(np.uint8)
+    ink = np.empty_like(patch)
+    ink[...] = np.round(color).astype(np.uint8)
+    weight = alpha.astype(np.float32)
+    patch[...] = cv2.blendLinear(ink, patch, weight, 255.0 - weight)
 
 
 def place_word(
@@ -252,8 +256,8 @@ def place_word(
 ) -> np.ndarray | None:
     """A translation putting the word's polygon inside the image and ``margin`` away from ``placed``, or None.
 
-    On success the translated polygon is appended to ``placed``. Candidates whose margin-grown bounding box meets no
-    placed bounding box are accepted without the exact (shapely) distance test.
+    On success the translated polygon is appended to ``placed``. The ``tries`` candidate translations are drawn at
+    once; a candidate whose margin-grown bounding box meets no placed bounding box needs no exact (shapely) test.
     """
     h, w = size
     lo_pt, hi_pt = word.polygon.min(axis=0), word.polygon.max(axis=0)
@@ -263,16 +267,19 @@ def place_word(
         return None
     others = np.asarray(placed, dtype=object)
     boxes = shapely.bounds(others) if placed else np.zeros((0, 4))
-    for _ in range(tries):
-        offset = rng.uniform(lo, hi)
-        x0, y0 = lo_pt + offset - margin
-        x1, y1 = hi_pt + offset + margin
-        near = (boxes[:, 0] < x1) & (boxes[:, 2] > x0) & (boxes[:, 1] < y1) & (boxes[:, 3] > y0)
-        cand = None
-        if near.any():
-            cand = shapely.Polygon(word.polygon + offset)
-            if np.any(shapely.dwithin(others[near], cand, margin)):
-                continue
-        placed.append(cand if cand is not None else shapely.Polygon(word.polygon + offset))
+    offsets = rng.uniform(lo, hi, size=(tries, 2))
+    lo_box = lo_pt + offsets - margin  # [tries, 2]
+    hi_box = hi_pt + offsets + margin
+    near = (
+        (boxes[None, :, 0] < hi_box[:, None, 0])
+        & (boxes[None, :, 2] > lo_box[:, None, 0])
+        & (boxes[None, :, 1] < hi_box[:, None, 1])
+        & (boxes[None, :, 3] > lo_box[:, None, 1])
+    )  # [tries, placed]
+    for offset, near_k in zip(offsets, near, strict=True):
+        cand = shapely.Polygon(word.polygon + offset)
+        if near_k.any() and np.any(shapely.dwithin(others[near_k], cand, margin)):
+            continue
+        placed.append(cand)
         return offset
     return None

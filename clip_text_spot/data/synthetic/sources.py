@@ -12,7 +12,7 @@ import operator
 import numpy as np
 
 from clip_text_spot.data.synthetic.backgrounds import make_background
-from clip_text_spot.data.synthetic.render import TextStyle, paste_word, place_word, shape_word
+from clip_text_spot.data.synthetic.render import DET_STYLE, TextStyle, paste_word, place_word, shape_word
 from clip_text_spot.data.synthetic.words import sample_word, vocabulary
 from clip_text_spot.data.types import DetSample, RecSample
 
@@ -91,7 +91,7 @@ class SyntheticDetSource(_Source):
         seed: int = 0,
         image_size: tuple[int, int] = (640, 640),
         num_words: tuple[int, int] = (4, 12),
-        style: TextStyle = TextStyle(),
+        style: TextStyle = DET_STYLE,
         margin: float = 4.0,
         tries: int = 20,
     ):

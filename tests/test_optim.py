@@ -1,0 +1,54 @@
+"""Optimiser groups: frozen parameters never move, lr multipliers scale updates, no decay on norms/biases."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from clip_text_spot.optim import decay_mask, make_optimizer, param_labels
+
+
+def cfg(**kw):
+    base = dict(name="adamw", lr=0.1, weight_decay=0.5, schedule="constant", groups=[("^text/", 0.0), ("^vis/", 0.1)])
+    return ml_collections.ConfigDict(base | kw)
+
+
+PARAMS = {
+    "text": {"w": jnp.ones((3, 3)), "norm": {"scale": jnp.ones(3)}},
+    "vis": {"w": jnp.ones((3, 3)), "b": jnp.ones(3)},
+    "head": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2), "layer_norm": {"scale": jnp.ones(2)}},
+}
+
+
+def step(tx, params, grads):
+    state = tx.init(params)
+    updates, _ = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates)
+
+
+def test_labels_and_decay_mask():
+    labels = param_labels(PARAMS, cfg().groups)
+    assert labels["text"]["w"] == "g0" and labels["vis"]["b"] == "g1" and labels["head"]["kernel"] == "default"
+    mask = decay_mask(PARAMS)
+    assert mask["head"]["kernel"] and not mask["head"]["bias"] and not mask["head"]["layer_norm"]["scale"]
+
+
+def test_frozen_group_is_bit_identical_and_multiplier_scales():
+    grads = jax.tree.map(jnp.ones_like, PARAMS)
+    new = step(make_optimizer(cfg(weight_decay=0.0), PARAMS, 10), PARAMS, grads)
+    np.testing.assert_array_equal(new["text"]["w"], PARAMS["text"]["w"])
+    np.testing.assert_array_equal(new["text"]["norm"]["scale"], PARAMS["text"]["norm"]["scale"])
+    # Adam's first step moves every coordinate by lr (sign of the gradient): 0.1 default, 0.01 for lr x 0.1
+    np.testing.assert_allclose(new["head"]["kernel"], 1 - 0.1, rtol=1e-5)
+    np.testing.assert_allclose(new["vis"]["w"], 1 - 0.01, rtol=1e-5)
+
+
+def test_decoupled_weight_decay_skips_norms_and_biases():
+    zero = jax.tree.map(jnp.zeros_like, PARAMS)
+    new = step(make_optimizer(cfg(), PARAMS, 10), PARAMS, zero)
+    np.testing.assert_allclose(new["head"]["kernel"], 1 - 0.1 * 0.5, rtol=1e-6)  # -lr * wd * p
+    np.testing.assert_allclose(new["vis"]["w"], 1 - 0.01 * 0.5, rtol=1e-6)  # group lr multiplier applies
+    np.testing.assert_array_equal(new["head"]["bias"], 1.0)
+    np.testing.assert_array_equal(new["head"]["layer_norm"]["scale"], 1.0)
+    np.testing.assert_array_equal(new["text"]["w"], 1.0)  # frozen: no decay either
