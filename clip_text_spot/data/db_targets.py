@@ -5,22 +5,23 @@ Reference: ``eval_data.md`` §4.2 and §4.7, ``tcm.md`` §3.1. Per image, at net
 1. A non-ignored polygon is *invalid* (moved to the ignored set) when ``|area| < 1`` (shoelace on the float points)
    or the short side of ``cv2.minAreaRect`` of its int32 points is ``< min_short_size`` (8).
 2. ``gt_shrink``: each remaining polygon, cast to int32, is offset inwards with pyclipper (JT_ROUND) by the integer
-   distance ``int(A (1 - r^2) / (L + 0.001) + 0.5)`` (A: shapely area, L: ``cv2.arcLength``, r = 0.4) and filled
+   distance ``int(A (1 - r^2) / (L + 0.001) + 0.5)`` (A: area, L: perimeter, r = 0.4) and filled
    with ``cv2.fillPoly``. An empty result, or one split into several parts, marks the polygon ignored (the intended
    semantics; mmocr 0.x silently keeps the first of equal-size parts and crashes on unequal ones, §4.7).
 3. ``gt_shrink_mask``: ones, with every ignored polygon (given, invalid or failed shrink) filled with 0.
-4. ``gt_thr`` / ``gt_thr_mask``: each remaining polygon (float) is dilated by ``D = A (1 - r^2) / L`` (shapely, float;
-   pyclipper truncates the float points to integers); the dilated polygon is filled into ``gt_thr_mask``; over the
-   integer bounding box of the dilated polygon, the distance of each pixel to each edge is computed with mmocr's
-   heuristic (distance to the edge's line, or to the nearer end point when the angle the edge subtends at the pixel
-   is acute), normalised by D and clipped to [0, 1]; ``canvas = max(canvas, 1 - min_over_edges)``; finally
-   ``gt_thr = canvas (thr_max - thr_min) + thr_min``.
+4. ``gt_thr`` / ``gt_thr_mask``: each remaining polygon (float) is dilated by ``D = A (1 - r^2) / L`` (shapely's
+   area and length, float; pyclipper truncates the float points to integers); the dilated polygon is filled into
+   ``gt_thr_mask``; over the integer bounding box of the dilated polygon, the distance of each pixel to each edge is
+   computed with mmocr's heuristic (distance to the edge's line, or to the nearer end point when the angle the edge
+   subtends at the pixel is acute), normalised by D and clipped to [0, 1]; ``canvas = max(canvas, 1 -
+   min_over_edges)``; finally ``gt_thr = canvas (thr_max - thr_min) + thr_min``.
 
 The distance uses the algebraically equal forms ``|cross| / |edge|`` and ``(X - p).(X - q) > 0`` in place of mmocr's
 cosine formulation (``-cos = (c^2 - a^2 - b^2) / (2ab)``), evaluates each edge only on the pixels within ``D`` of its
 bounding box (elsewhere its clipped ratio is 1), and works on separable pixel grids; results agree with the cosine
-form to float32 rounding. The shrink offset is applied to the
-int32 polygon and the dilation to the float polygon, exactly as in the reference.
+form to float32 rounding. Areas and perimeters are computed with NumPy (shoelace, edge lengths), which is what
+shapely's ``area`` / ``length`` and ``cv2.arcLength`` compute. The shrink offset is applied to the int32 polygon and
+the dilation to the float polygon, exactly as in the reference.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import pyclipper
-import shapely
 
 TARGET_KEYS = ("gt_shrink", "gt_shrink_mask", "gt_thr", "gt_thr_mask")
 _EPS = float(np.finfo(np.float32).eps)
@@ -60,8 +60,15 @@ DB_TARGETS = DBTargetConfig()
 
 def shoelace_area(poly: np.ndarray) -> float:
     """Signed area of a polygon [n, 2] (positive for clockwise points in image coordinates, as mmocr computes it)."""
-    x, y = poly[:, 0].astype(np.float64), poly[:, 1].astype(np.float64)
-    return float(np.sum((np.roll(x, -1) - x) * (np.roll(y, -1) + y)) / 2.0)
+    p = np.asarray(poly, np.float64)
+    q = np.concatenate([p[1:], p[:1]])
+    return float(np.dot(q[:, 0] - p[:, 0], q[:, 1] + p[:, 1]) / 2.0)
+
+
+def _perimeter(poly: np.ndarray) -> float:
+    p = np.asarray(poly, np.float64)
+    d = np.concatenate([p[1:], p[:1]]) - p
+    return float(np.sqrt((d * d).sum(axis=1)).sum())
 
 
 def is_invalid_polygon(poly: np.ndarray, min_short_size: float) -> bool:
@@ -75,8 +82,8 @@ def is_invalid_polygon(poly: np.ndarray, min_short_size: float) -> bool:
 def shrink_polygon(poly: np.ndarray, shrink_ratio: float) -> np.ndarray | None:
     """Kernel polygon int [m, 2] of mmocr's ``generate_kernels``, or None when the shrink is empty or split."""
     inst = poly.astype(np.int32)
-    area = shapely.Polygon(inst).area
-    peri = cv2.arcLength(inst.reshape(-1, 1, 2), True)
+    area = abs(shoelace_area(inst))  # what shapely's Polygon.area computes
+    peri = _perimeter(inst)  # = cv2.arcLength(closed)
     distance = int(area * (1 - shrink_ratio * shrink_ratio) / (peri + 0.001) + 0.5)
     pco = pyclipper.PyclipperOffset()
     pco.AddPath(inst.tolist(), pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
@@ -125,8 +132,7 @@ def _min_edge_ratio(poly: np.ndarray, x0: int, x1: int, y0: int, y1: int, distan
 def draw_border_map(poly: np.ndarray, shrink_ratio: float, canvas: np.ndarray, mask: np.ndarray) -> None:
     """mmocr's ``draw_border_map`` for one float polygon [n, 2]: updates ``canvas`` (float32) and ``mask`` in place."""
     poly = np.asarray(poly, np.float64)
-    shape = shapely.Polygon(poly)
-    distance = shape.area * (1 - shrink_ratio**2) / shape.length
+    distance = abs(shoelace_area(poly)) * (1 - shrink_ratio**2) / _perimeter(poly)  # shapely area and length
     pco = pyclipper.PyclipperOffset()
     pco.AddPath([tuple(p) for p in poly.tolist()], pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
     padded = pco.Execute(distance)

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 
 import cv2
 import grain
@@ -135,7 +136,7 @@ def _check_shard(process_index: int, process_count: int) -> None:
         )
 
 
-def _check_source(source) -> None:
+def _check_source(source: Sequence) -> None:
     if not hasattr(source, "__len__") or not hasattr(source, "__getitem__"):
         raise TypeError(f"source must support len() and indexing, got {type(source).__name__}")
     if len(source) == 0:
@@ -271,7 +272,7 @@ class ShardedEvalSource:
     """Process ``process_index``'s share of ``source`` (items p, p + n, ...) as (index, item), padded with
     (-1, None) to ``num_batches * batch_size`` rows so that every process has the same number of batches."""
 
-    def __init__(self, source, batch_size: int, process_index: int, process_count: int):
+    def __init__(self, source: Sequence, batch_size: int, process_index: int, process_count: int):
         _check_source(source)
         _check_shard(process_index, process_count)
         if batch_size < 1:
@@ -311,7 +312,18 @@ def _to_batches(
     return out
 
 
-def _train_iter(source, transform, *, batch_size, seed, process_index, process_count, workers, read_threads, prefetch):
+def _train_iter(
+    source: Sequence,
+    transform: Callable,
+    *,
+    batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    workers: int,
+    read_threads: int,
+    prefetch: int,
+) -> grain.DatasetIterator:
     _check_source(source)
     _check_shard(process_index, process_count)
     if not 0 <= seed < 2**32:
@@ -321,14 +333,24 @@ def _train_iter(source, transform, *, batch_size, seed, process_index, process_c
     return iter(_to_batches(ds, batch_size, True, workers, read_threads, prefetch))
 
 
-def _eval_batches(source, transform, *, batch_size, process_index, process_count, workers, read_threads, prefetch):
+def _eval_batches(
+    source: Sequence,
+    transform: Callable,
+    *,
+    batch_size: int,
+    process_index: int,
+    process_count: int,
+    workers: int,
+    read_threads: int,
+    prefetch: int,
+) -> grain.IterDataset:
     shard = ShardedEvalSource(source, batch_size, process_index, process_count)
     ds = grain.MapDataset.source(shard).map(transform)
     return _to_batches(ds, batch_size, False, workers, read_threads, prefetch)
 
 
 def make_det_train_iter(
-    source,
+    source: Sequence,
     *,
     batch_size: int,
     crop_size: int = 640,
@@ -365,7 +387,7 @@ def make_det_train_iter(
 
 
 def make_det_eval_batches(
-    source,
+    source: Sequence,
     *,
     batch_size: int,
     eval_size: tuple[int, int] = (640, 640),
@@ -405,7 +427,7 @@ def make_det_eval_batches(
 
 
 def make_rec_train_iter(
-    source,
+    source: Sequence,
     *,
     batch_size: int,
     seed: int = 0,
@@ -436,7 +458,7 @@ def make_rec_train_iter(
 
 
 def make_rec_eval_batches(
-    source,
+    source: Sequence,
     *,
     batch_size: int,
     charset: Charset | None = None,

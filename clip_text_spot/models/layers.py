@@ -74,19 +74,28 @@ def multi_head_attention(
 class Attention(nnx.Module):
     """Multi-head attention with separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` (HF CLIP names).
 
-    ``mask`` is boolean, broadcastable to [B, heads, Lq, Lk], True where attention is allowed.
+    ``mask`` is boolean, broadcastable to [B, heads, Lq, Lk], True where attention is allowed. ``qkv_bias=False``
+    drops the q/k/v biases (TCM's decoder attention); ``out_proj`` always has one.
     """
 
     def __init__(
-        self, dim: int, heads: int, *, rngs: nnx.Rngs, dtype: Dtype = None, out_dim: int | None = None, kv_dim=None
+        self,
+        dim: int,
+        heads: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype: Dtype = None,
+        out_dim: int | None = None,
+        kv_dim=None,
+        qkv_bias: bool = True,
     ):
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
         kv_dim = kv_dim or dim
         self.heads = heads
-        self.q_proj = dense(dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype)
-        self.k_proj = dense(kv_dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype)
-        self.v_proj = dense(kv_dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype)
+        self.q_proj = dense(dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype, bias=qkv_bias)
+        self.k_proj = dense(kv_dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype, bias=qkv_bias)
+        self.v_proj = dense(kv_dim, dim, ("embed", "heads"), rngs=rngs, dtype=dtype, bias=qkv_bias)
         self.out_proj = dense(dim, out_dim or dim, ("heads", "embed"), rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array, kv: jax.Array | None = None, mask: jax.Array | None = None) -> jax.Array:
@@ -96,15 +105,25 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """``fc1`` -> activation -> ``fc2`` (HF CLIP names; OpenAI ``c_fc``/``c_proj``)."""
+    """``fc1`` -> activation -> [dropout] -> ``fc2`` (HF CLIP names; OpenAI ``c_fc``/``c_proj``).
 
-    def __init__(self, dim: int, hidden: int, act: str, *, rngs: nnx.Rngs, dtype: Dtype = None):
+    ``dropout > 0`` adds an ``nnx.Dropout`` on the hidden units (active in train mode; the dropout key comes from
+    the ``rngs`` call argument).
+    """
+
+    def __init__(
+        self, dim: int, hidden: int, act: str, *, rngs: nnx.Rngs, dtype: Dtype = None, dropout: float = 0.0
+    ):
         self.act = act
         self.fc1 = dense(dim, hidden, ("embed", "mlp"), rngs=rngs, dtype=dtype)
+        self.dropout = nnx.Dropout(dropout) if dropout else None
         self.fc2 = dense(hidden, dim, ("mlp", "embed"), rngs=rngs, dtype=dtype)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(activation(self.act)(self.fc1(x)))
+    def __call__(self, x: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        h = activation(self.act)(self.fc1(x))
+        if self.dropout is not None:
+            h = self.dropout(h, rngs=rngs)
+        return self.fc2(h)
 
 
 class EncoderLayer(nnx.Module):

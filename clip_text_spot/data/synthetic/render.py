@@ -1,12 +1,14 @@
 """Rendering one word into an image, with ground truth from the rendered glyphs.
 
-Each word is rasterised alone into an 8-bit coverage mask (PIL, cached per font/size/text). Its ground-truth polygon
-is the box of the ink (all non-zero coverage) in the mask: a quadrilateral for straight text; for curved text the
-columns of the mask are shifted vertically by a smooth offset (an arc or a half sine wave) and the polygon is the
-band ``[ink_top, ink_bottom] + offset(x)`` sampled at ``curve_points`` abscissae per side (top left to right, then
-bottom right to left, the Total-Text / CTW1500 convention). The mask and the polygon are then mapped by one
-homography (corner-jitter perspective, rotation about the word centre, translation) and the mask is alpha-blended
-into the image in the word's colour.
+Each word is rasterised alone into an 8-bit coverage mask, composed from per-glyph masks that PIL renders once per
+(font, size, character) and caches (with the default style at most 12 fonts x 41 sizes x 94 characters, some tens
+of MB per process once warm; the first samples of a process are slower while the cache fills). Its ground-truth
+polygon is the box of the ink (all non-zero coverage) in the mask: a quadrilateral for straight text; for curved
+text the columns of the mask are shifted vertically by a smooth offset (a parabolic arc or one sine period) and the
+polygon is the band ``[ink_top, ink_bottom] + offset(x)`` sampled at ``curve_points`` abscissae per side (top left
+to right, then bottom right to left, the Total-Text / CTW1500 convention). The mask and the polygon are then mapped
+by one homography (corner-jitter perspective, rotation about the word centre, translation) and the mask is
+alpha-blended into the image in the word's colour.
 
 Coordinates are continuous: pixel (i, j) covers [j, j + 1] x [i, i + 1], so a polygon of the full image is
 (0, 0)-(W, H). OpenCV warps address pixel centres by integer indices; ``_index_homography`` converts.
@@ -183,7 +185,7 @@ class ShapedWord:
     polygon: np.ndarray  # float64 [n, 2] in image coordinates (before translation)
 
 
-def shape_word(rng: np.random.Generator, text: str, style: TextStyle, max_rotation: float | None = None) -> ShapedWord:
+def shape_word(rng: np.random.Generator, text: str, style: TextStyle) -> ShapedWord:
     """Render ``text`` in a random font/size and draw its curve, perspective and rotation."""
     font = style.fonts[int(rng.integers(len(style.fonts)))]
     size = int(rng.integers(style.font_size[0], style.font_size[1] + 1))
@@ -198,8 +200,7 @@ def shape_word(rng: np.random.Generator, text: str, style: TextStyle, max_rotati
     corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)
     jitter = rng.uniform(-style.perspective, style.perspective, size=(4, 2)) * (w, h)
     persp = cv2.getPerspectiveTransform(corners.astype(np.float32), (corners + jitter).astype(np.float32))
-    max_rot = style.max_rotation if max_rotation is None else max_rotation
-    theta = np.deg2rad(rng.uniform(-max_rot, max_rot))
+    theta = np.deg2rad(rng.uniform(-style.max_rotation, style.max_rotation))
     c, s = np.cos(theta), np.sin(theta)
     rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
     centre = _apply(persp, np.array([[w / 2, h / 2]]))[0]
@@ -256,8 +257,9 @@ def place_word(
 ) -> np.ndarray | None:
     """A translation putting the word's polygon inside the image and ``margin`` away from ``placed``, or None.
 
-    On success the translated polygon is appended to ``placed``. The ``tries`` candidate translations are drawn at
-    once; a candidate whose margin-grown bounding box meets no placed bounding box needs no exact (shapely) test.
+    On success the translated polygon is appended to ``placed``. The ``tries`` candidate translations are drawn and
+    tested at once (the first that fits is used); only pairs whose margin-grown bounding boxes meet get the exact
+    (shapely) distance test.
     """
     h, w = size
     lo_pt, hi_pt = word.polygon.min(axis=0), word.polygon.max(axis=0)
@@ -276,10 +278,12 @@ def place_word(
         & (boxes[None, :, 1] < hi_box[:, None, 1])
         & (boxes[None, :, 3] > lo_box[:, None, 1])
     )  # [tries, placed]
-    for offset, near_k in zip(offsets, near, strict=True):
-        cand = shapely.Polygon(word.polygon + offset)
-        if near_k.any() and np.any(shapely.dwithin(others[near_k], cand, margin)):
-            continue
-        placed.append(cand)
-        return offset
+    cands = shapely.polygons(word.polygon[None] + offsets[:, None])
+    t_idx, p_idx = np.nonzero(near)
+    hit = np.zeros(tries, bool)
+    hit[t_idx[shapely.dwithin(cands[t_idx], others[p_idx], margin)]] = True
+    free = np.flatnonzero(~hit)
+    if len(free):
+        placed.append(cands[free[0]])
+        return offsets[free[0]]
     return None

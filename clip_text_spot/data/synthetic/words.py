@@ -52,7 +52,8 @@ def _mixed(rng: np.random.Generator, word: str) -> str:
 
 def sample_word(rng: np.random.Generator, vocab: tuple[str, ...], kind_weights: tuple[float, ...]) -> str:
     """One word; ``kind_weights`` are the relative probabilities of ``WORD_KINDS``."""
-    kind = WORD_KINDS[int(rng.choice(len(WORD_KINDS), p=np.asarray(kind_weights) / np.sum(kind_weights)))]
+    cdf = np.cumsum(kind_weights)
+    kind = WORD_KINDS[min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(WORD_KINDS) - 1)]
     if kind == "number":
         return _number(rng)
     word = vocab[int(rng.integers(len(vocab)))]

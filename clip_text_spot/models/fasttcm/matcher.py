@@ -1,0 +1,209 @@
+"""The TCM / FastTCM image-text matcher (Flax NNX): CLIP RN backbone with the dense attention pool, prompted text
+tower, prompt generator, BSM (FastTCM), visual prompt generator, context decoder and the score map (tcm.md §1, §2, §9).
+
+Parameter names mirror the official checkpoint's top-level names (``backbone``, ``text_encoder``, ``contexts``,
+``prompt_generator``, ``meta_query``, ``visual_prompt_generator``, ``context_decoder``, ``gamma``, ``vis_gamma``) so
+optimiser groups can match ``^text_encoder/`` (frozen) and ``^backbone/`` (lr x 0.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from clip_text_spot.models.clip.convert import assign_flat, model_flat_state
+from clip_text_spot.models.clip.model import CLIP, l2_normalize
+from clip_text_spot.models.clip.resnet import ModifiedResNet
+from clip_text_spot.models.clip.tokenizer import CLIPTokenizer
+from clip_text_spot.models.fasttcm.config import FastTCMConfig
+from clip_text_spot.models.fasttcm.modules import (
+    ContextDecoder,
+    ContextTextEncoder,
+    PromptGenerator,
+    bimodal_similarity_matching,
+)
+
+
+@functools.lru_cache(maxsize=16)
+def tokenize_prompts(prompts: tuple[str, ...], length: int) -> tuple[tuple[int, ...], ...]:
+    """OpenAI-padded CLIP ids of ``prompts`` at ``length`` slots (bundled OpenAI vocabulary), as nested tuples."""
+    ids = CLIPTokenizer()(list(prompts), context_length=length, padding="openai")["input_ids"]
+    return tuple(tuple(int(i) for i in row) for row in ids)
+
+
+class TCMMatcher(nnx.Module):
+    """Image-text matching part of TCM-DBNet / FastTCM-DBNet.
+
+    ``prompt_ids`` int [K, prompt_length] overrides the tokenised ``config.prompt_texts`` (e.g. a checkpoint's own
+    vocabulary); they are kept as static data (a tuple), not as a variable. Call ``model.eval()`` for inference
+    (BatchNorm running statistics, no dropout) and ``model.train()`` to train; in train mode ``match`` needs
+    ``rngs`` (an ``nnx.Rngs`` with a ``dropout`` stream, or a key) for the decoders' dropout.
+    """
+
+    def __init__(self, config: FastTCMConfig, *, rngs: nnx.Rngs, prompt_ids: np.ndarray | None = None):
+        self.config = config
+        dtype = jnp.dtype(config.dtype)
+        c, d = config.clip.embed_dim, config.clip.text.width
+        if prompt_ids is None:
+            self.prompt_ids = tokenize_prompts(config.prompt_texts, config.prompt_length)
+        else:
+            ids = np.asarray(prompt_ids)
+            if ids.ndim != 2 or ids.shape[1] != config.prompt_length:
+                raise ValueError(f"prompt_ids must be int [K, {config.prompt_length}], got shape {ids.shape}")
+            self.prompt_ids = tuple(tuple(int(i) for i in row) for row in ids)
+        self.backbone = ModifiedResNet(config.clip.vision, c, rngs=rngs, dtype=dtype)
+        self.text_encoder = ContextTextEncoder(config.text_config, c, rngs=rngs, dtype=dtype)
+        self.contexts = (
+            nnx.Param(
+                nnx.with_partitioning(_trunc_normal(config.ctx_init_std), (None, None, "embed"))(
+                    rngs.params(), (1, config.n_ctx, d)
+                )
+            )
+            if config.n_ctx
+            else None
+        )
+        self.prompt_generator = (
+            PromptGenerator(c, d, rngs=rngs, dtype=dtype) if config.use_prompt_generator else None
+        )
+        self.meta_query = (
+            nnx.Param(jax.random.normal(rngs.params(), (c,)))
+            if config.fast and config.use_prompt_generator
+            else None
+        )
+        self.pix_w = nnx.Param(jnp.eye(c)) if config.fast and config.bsm_projection else None
+        self.visual_prompt_generator = (
+            ContextDecoder(c, config.vpg, rngs=rngs, dtype=dtype) if config.use_vpg else None
+        )
+        self.context_decoder = (
+            ContextDecoder(c, config.context_decoder, rngs=rngs, dtype=dtype) if config.use_context_decoder else None
+        )
+        self.gamma = nnx.Param(jnp.full((c,), config.gamma_init, jnp.float32))
+        self.vis_gamma = nnx.Param(jnp.asarray(config.vis_gamma_init, jnp.float32))
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.prompt_ids)
+
+    def _text(self, cue_source: jax.Array | None) -> tuple[jax.Array | None, jax.Array]:
+        """(cue [B', D] or None, text embedding [B', K, C]) for a prompt-generator input [B', C] (or None)."""
+        cue = None
+        if self.prompt_generator is not None and cue_source is not None:
+            cue = self.prompt_generator(cue_source.astype(self.config.dtype))
+        contexts = None if self.contexts is None else self.contexts[...]
+        ids = jnp.asarray(self.prompt_ids, jnp.int32)
+        return cue, self.text_encoder(ids, contexts, cue).astype(jnp.float32)
+
+    def _meta_query(self) -> jax.Array | None:
+        return None if self.meta_query is None else self.meta_query[...][None]
+
+    def precompute_text(self) -> jax.Array:
+        """FastTCM only: the text-encoder output [1, K, C], constant for a set of weights; pass it to
+        ``match(..., text_cache=...)`` to run inference without the text tower."""
+        if not self.config.fast:
+            raise ValueError("precompute_text needs a FastTCM matcher (config.fast=True): TCM's text is per image")
+        return self._text(self._meta_query())[1]
+
+    def match(
+        self,
+        images: jax.Array,
+        text_cache: jax.Array | None = None,
+        *,
+        rngs: nnx.Rngs | jax.Array | None = None,
+    ) -> dict[str, jax.Array]:
+        """Normalised NHWC images [B, H, W, 3] (H, W multiples of 32) -> dict of float32 NHWC tensors:
+
+        ``c2..c5``, ``global_feat`` [B, C], ``local_feat`` [B, h, w, C], ``prompt_gen`` [B, D] (absent without a
+        prompt generator), ``text_from_encoder``, ``text_after_bsm`` (= the former for TCM), ``text_final``
+        [B, K, C], ``visual_after_vpg`` [B, h, w, C] and ``score_map`` [B, h, w, K] (cosine, in [-1, 1]).
+        ``text_cache`` (FastTCM, from ``precompute_text``) skips the text tower. ``rngs``: dropout randomness in
+        train mode (a key is wrapped as ``nnx.Rngs(dropout=key)``).
+        """
+        if text_cache is not None and not self.config.fast:
+            raise ValueError("text_cache is only valid for FastTCM (config.fast=True)")
+        if isinstance(rngs, jax.Array):
+            rngs = nnx.Rngs(dropout=rngs)
+        feats, global_feat, local = self.backbone.dense(images.astype(self.config.dtype))
+        feats = [f.astype(jnp.float32) for f in feats]
+        g, local = global_feat.astype(jnp.float32), local.astype(jnp.float32)
+        b, h, w, c = local.shape
+        out = {"c2": feats[0], "c3": feats[1], "c4": feats[2], "c5": feats[3], "global_feat": g, "local_feat": local}
+
+        if self.config.fast:
+            if text_cache is None:
+                cue, text = self._text(self._meta_query())
+            else:
+                cue = None if self.prompt_generator is None else self.prompt_generator(self._meta_query())
+                text = jnp.asarray(text_cache, jnp.float32)
+        else:
+            cue, text = self._text(g)
+        if cue is not None:
+            out["prompt_gen"] = jnp.broadcast_to(cue.astype(jnp.float32), (b, cue.shape[-1]))
+        text = jnp.broadcast_to(text, (b, *text.shape[1:]))
+        out["text_from_encoder"] = text
+        if self.config.fast:
+            g_match = g if self.pix_w is None else g @ self.pix_w[...]
+            text = bimodal_similarity_matching(g_match, text)
+        out["text_after_bsm"] = text
+
+        pixels = local.reshape(b, h * w, c)
+        visual_context = jnp.concatenate([g[:, None, :], pixels], axis=1)
+        if self.visual_prompt_generator is not None:
+            diff = self.visual_prompt_generator(pixels, text, rngs=rngs).astype(jnp.float32)
+            pixels = pixels + self.vis_gamma[...] * diff
+        out["visual_after_vpg"] = pixels.reshape(b, h, w, c)
+        if self.context_decoder is not None:
+            text = text + self.gamma[...] * self.context_decoder(text, visual_context, rngs=rngs).astype(jnp.float32)
+        out["text_final"] = text
+        score = jnp.einsum("bnc,bkc->bnk", l2_normalize(pixels), l2_normalize(text), precision="highest")
+        out["score_map"] = score.reshape(b, h, w, -1)
+        return out
+
+    @classmethod
+    def from_clip(
+        cls, config: FastTCMConfig, clip: CLIP, *, rngs: nnx.Rngs, prompt_ids: np.ndarray | None = None
+    ) -> TCMMatcher:
+        """A matcher whose backbone and text tower come from a loaded CLIP ResNet model (new modules initialised
+        as in TCM). The attention-pool positions are resized bilinearly (PyTorch semantics, no antialiasing) from
+        CLIP's grid to ``config.grid`` and the text positions truncated to ``prompt_length + n_ctx`` rows, as the
+        official code does at load."""
+        if not clip.is_resnet:
+            raise ValueError("TCMMatcher.from_clip needs a CLIP with a ModifiedResNet image tower")
+        _check_same(clip.config.vision, config.clip.vision, "image_size", "vision")
+        _check_same(clip.config.text, config.text_config, "context_length", "text")
+        if clip.config.embed_dim != config.clip.embed_dim:
+            raise ValueError(f"CLIP embed_dim {clip.config.embed_dim} != config's {config.clip.embed_dim}")
+        model = cls(config, rngs=rngs, prompt_ids=prompt_ids)
+        vision = model_flat_state(clip.vision_model)
+        vision["attnpool/positional_embedding"] = clip.vision_model.attnpool.positions((config.grid, config.grid))
+        assign_flat(model.backbone, vision, "CLIP image tower")
+        text = model_flat_state(clip.text_model)
+        pos = "embeddings/position_embedding/embedding"
+        length = config.text_config.context_length
+        if text[pos].shape[0] < length:
+            raise ValueError(f"CLIP text positions ({text[pos].shape[0]}) are fewer than prompt + contexts ({length})")
+        text[pos] = text[pos][:length]
+        assign_flat(model.text_encoder.text_model, text, "CLIP text tower")
+        assign_flat(model.text_encoder.text_projection, model_flat_state(clip.text_projection), "CLIP text_projection")
+        return model
+
+
+def _trunc_normal(std: float):
+    """PyTorch ``trunc_normal_(std=std)`` with its default cut at +-2 (absolute)."""
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+        return jax.random.truncated_normal(key, -2.0 / std, 2.0 / std, shape, dtype) * std
+
+    return init
+
+
+def _check_same(a, b, ignore: str, what: str) -> None:
+    """Error when two tower configs differ in anything but ``ignore`` (naming the differing fields)."""
+    a, b = dataclasses.replace(a, **{ignore: 0}), dataclasses.replace(b, **{ignore: 0})
+    diff = [f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
+    if diff:
+        raise ValueError(f"CLIP {what} tower differs from the FastTCM config in {diff}")
