@@ -144,6 +144,7 @@ def test_eval_scale_maps_resized_geometry_back():
     b = next(iter(P.make_det_eval_batches([rec], batch_size=1, eval_size=(64, 64))))
     sx, sy = b["scale"][0]
     assert (round(50 * sx), round(100 * sy)) == (32, 64)
+    assert b["resized_shape"][0].tolist() == [64, 32] and b["orig_shape"][0].tolist() == [100, 50]
     # the shrink kernel lies where the polygon lands after the resize
     ys, xs = np.nonzero(b["gt_shrink"][0])
     assert 10 * sx < xs.min() and xs.max() < 40 * sx and 10 * sy < ys.min() and ys.max() < 30 * sy

@@ -172,7 +172,11 @@ def augment_det(
     """Train augmentation of one image (uint8 RGB) and its polygons; returns a crop_size square image.
 
     ``fill`` is the colour of areas with no source pixel (the normalisation mean, so they normalise to ~0).
+    Polygons without points are dropped.
     """
+    kept = [(np.asarray(p, np.float32).reshape(-1, 2), bool(ig)) for p, ig in zip(polygons, ignore, strict=True)]
+    kept = [(p, ig) for p, ig in kept if len(p)]
+    polygons, ignore = [p for p, _ in kept], [ig for _, ig in kept]
     h0, w0 = image.shape[:2]
     image = color_jitter(image, rng, config.brightness, config.saturation)
     mat = np.eye(3)
@@ -241,7 +245,8 @@ def _affine(img: Image.Image, coeffs: tuple[float, ...]) -> Image.Image:
 def _poisson(img: Image.Image, level: float, rng: np.random.Generator) -> Image.Image:
     lam = min(40.0 * level, 0.2 * max(img.size))
     arr = np.asarray(img).astype(np.float32)
-    noise = rng.poisson(lam, size=arr.shape[:2]).astype(np.float32) - lam
+    sign = np.where(rng.random(arr.shape[:2]) < 0.5, -1.0, 1.0)  # imgaug's AdditivePoissonNoise: +-Poisson(lam)
+    noise = (rng.poisson(lam, size=arr.shape[:2]) * sign).astype(np.float32)
     return Image.fromarray(np.clip(arr + noise[..., None], 0, 255).astype(np.uint8))
 
 

@@ -34,6 +34,7 @@ polygon_mask       [B, P] bool                real polygon (not padding)
 ignore             [B, P] bool                don't-care polygon (e.g. ``###``)
 scale              [B, 2] float32             (sx, sy): resized = original * scale; divide predictions by it
 orig_shape         [B, 2] int32               (h, w) of the original image
+resized_shape      [B, 2] int32               (h, w) of the resized image before padding (the valid map region)
 index              [B] int64                  position of the sample in the source (-1 for padding rows)
 valid              [B] bool                   False for padding rows
 recognition, train (``make_rec_train_iter``); (h, w) = image_size, L = max_len + 2
@@ -188,7 +189,7 @@ class DetEvalTransform:
         }
         if item is None:
             out.update(image=np.zeros((h, w, 3), np.float32), scale=np.ones(2, np.float32))
-            out["orig_shape"] = np.zeros(2, np.int32)
+            out.update(orig_shape=np.zeros(2, np.int32), resized_shape=np.zeros(2, np.int32))
             if self.targets is not None:
                 out.update({key: np.zeros((h, w), np.float32) for key in TARGET_KEYS})
             return out
@@ -208,6 +209,7 @@ class DetEvalTransform:
         out["image"] = normalize(resized, self.mean, self.std)
         out["scale"] = np.array([sx, sy], np.float32)
         out["orig_shape"] = np.array(image.shape[:2], np.int32)
+        out["resized_shape"] = np.array([round(image.shape[0] * sy), round(image.shape[1] * sx)], np.int32)
         if self.targets is not None:
             maps, _ = db_targets(polys, sample.ignore, (h, w), self.targets)
             out.update(maps)
