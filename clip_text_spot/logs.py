@@ -26,27 +26,30 @@ def _plain(v: Any) -> Any:
 class MetricWriter:
     """Append metrics to ``metrics.jsonl`` and TensorBoard (``WORKDIR/tb``) on process 0."""
 
-    def __init__(self, workdir: str, tensorboard: bool = True):
+    def __init__(self, workdir: str, tensorboard: bool = True, tags: dict[str, Any] | None = None):
+        """``tags`` are added to every row (e.g. ``{"stage": "pretrain"}`` for multi-stage runs)."""
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tags = dict(tags or {})
         self._tb = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+                prefix = "_".join(str(v) for v in self.tags.values())
+                self._tb = SummaryWriter(os.path.join(workdir, "tb", prefix) if prefix else os.path.join(workdir, "tb"))
 
     def write(self, step: int, metrics: dict[str, Any], kind: str = "train") -> None:
         if not self.enabled:
             return
-        row = {"step": int(step), "kind": kind, "time": round(time.time(), 3)}
+        row = {"step": int(step), "kind": kind, "time": round(time.time(), 3), **self.tags}
         row.update({k: _plain(v) for k, v in metrics.items()})
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:
             for k, v in row.items():
-                if k not in ("step", "kind", "time") and isinstance(v, (int, float)):
+                if k not in ("step", "kind", "time", *self.tags) and isinstance(v, (int, float)):
                     self._tb.add_scalar(f"{kind}/{k}", v, step)
             self._tb.flush()
 

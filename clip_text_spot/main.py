@@ -3,14 +3,21 @@
 The config file's ``get_config(arg)`` returns an ``ml_collections.ConfigDict``; any field can be overridden on the
 command line (``--config.total_steps=100``). Running again with the same ``--workdir`` resumes from its latest
 checkpoint. ``--distributed`` calls ``jax.distributed.initialize()`` first (TPU pods, SLURM, Open MPI).
+
+Multi-stage configs (e.g. DPTR's pre-training then fine-tuning) set ``config.stages = ("a", "b")`` and hold one full
+config per stage (``config.a``, ``config.b``); stage ``a`` checkpoints in ``WORKDIR/a``, all stages log to
+``WORKDIR/metrics.jsonl`` with a ``stage`` field, and a string field ``"stage:a"`` in a later stage's config is
+replaced by the path ``WORKDIR/a`` (e.g. to initialise from the previous stage's checkpoint).
 """
 
 from __future__ import annotations
 
 import json
 import logging as pylogging
+import os
 import sys
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -39,18 +46,46 @@ def main(argv: list[str]) -> None:
     from clip_text_spot import trainer
     from clip_text_spot.tasks import build_task
 
-    config = _CONFIG.value
-    try:
-        task = build_task(config)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-    result = trainer.train(config, _WORKDIR.value, task)
-    summary = {"step": int(result.state["step"]), "train": result.last_train, "eval": result.last_eval}
-    if result.stopped_early:
-        summary["stopped"] = result.stopped_early
-    logging.info("done: %s", summary)
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    stages = list(config.get("stages", ())) or [None]
+    summary = {}
+    for stage in stages:
+        stage_config = config if stage is None else resolve_stage_refs(config[stage], workdir)
+        try:
+            task = build_task(stage_config)
+        except (ValueError, FileNotFoundError) as e:
+            sys.exit(f"error: {e}")
+        result = trainer.train(
+            stage_config,
+            workdir if stage is None else os.path.join(workdir, stage),
+            task,
+            log_dir=workdir,
+            tags=None if stage is None else {"stage": stage},
+        )
+        summary = {"step": int(result.state["step"]), "train": result.last_train, "eval": result.last_eval}
+        if stage is not None:
+            summary["stage"] = stage
+        if result.stopped_early:
+            summary["stopped"] = result.stopped_early
+            break
+        logging.info("done: %s", summary)
     if jax.process_index() == 0:
         print(json.dumps(summary))
+
+
+def resolve_stage_refs(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """Copy of ``config`` with every string ``"stage:NAME"`` replaced by ``WORKDIR/NAME``."""
+    config = ml_collections.ConfigDict(config.to_dict())
+
+    def walk(node: ml_collections.ConfigDict) -> None:
+        for key, value in node.items():
+            if isinstance(value, ml_collections.ConfigDict):
+                walk(value)
+            elif isinstance(value, str) and value.startswith("stage:"):
+                node[key] = os.path.join(workdir, value[len("stage:") :])
+
+    walk(config)
+    return config
 
 
 if __name__ == "__main__":

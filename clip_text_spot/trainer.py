@@ -121,8 +121,18 @@ class _Interrupt:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> TrainResult:
-    """Train ``task`` as ``config`` says, writing everything under ``workdir``; resumes if it holds a checkpoint."""
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    task: Task,
+    *,
+    log_dir: str | None = None,
+    tags: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``task`` as ``config`` says, checkpointing under ``workdir`` (resumes if it holds a checkpoint).
+
+    Metrics go to ``log_dir`` (default ``workdir``) with ``tags`` on every row (multi-stage runs share one log).
+    """
     os.makedirs(workdir, exist_ok=True)
     mesh = parallel.make_mesh(config.mesh)
     rules = [tuple(r) for r in config.sharding_rules]
@@ -249,7 +259,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> TrainR
     step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
 
     # -- the loop -------------------------------------------------------------------------------------------------
-    writer = logs.MetricWriter(workdir, tensorboard=bool(config.get("tensorboard", True)))
+    writer = logs.MetricWriter(log_dir or workdir, tensorboard=bool(config.get("tensorboard", True)), tags=tags)
     meta = {"config": config.to_dict()}
     eval_every, log_every = int(config.eval_every), int(config.log_every)
     last_train: dict[str, float] = {}
