@@ -352,7 +352,7 @@ def assign_flat(model: nnx.Module, flat: Flat, source: str = "checkpoint") -> No
         raise CheckpointMismatchError("\n".join(lines))
     nested = traverse_util.unflatten_dict(
         {
-            tuple(int(p) if p.isdigit() else p for p in k.split("/")): jnp.asarray(v, target[k].dtype)
+            tuple(int(p) if p.isdigit() else p for p in k.split("/")): jnp.array(v, target[k].dtype, copy=True)
             for k, v in flat.items()
         }
     )
