@@ -89,8 +89,17 @@ def _shardings_like(state: nnx.State, mesh: jax.sharding.Mesh, rules: Any) -> di
 
 def _opt_shardings(tx: optax.GradientTransformation, params: Any, param_sh: Any, mesh) -> Any:
     abstract = jax.eval_shape(tx.init, params)
+
+    def masked(x):  # parameters outside a multi_transform group appear as MaskedNode in that group's state
+        return isinstance(x, optax.MaskedNode)
+
     return optax.tree_map_params(
-        tx, lambda _, s: s, abstract, param_sh, transform_non_params=lambda _: parallel.replicated(mesh)
+        tx,
+        lambda leaf, s: leaf if masked(leaf) else s,
+        abstract,
+        param_sh,
+        transform_non_params=lambda _: parallel.replicated(mesh),
+        is_leaf=masked,
     )
 
 

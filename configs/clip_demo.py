@@ -2,8 +2,8 @@
 
     python -m clip_text_spot.main --config=configs/clip_demo.py --workdir=/tmp/clip_demo
 
-Image tower: a small ModifiedResNet on 32x128 word crops rendered on the fly (clip_text_spot.data.synthetic); text tower: a
-small transformer over OpenAI's CLIP BPE vocabulary (bundled). Each crop's caption is its word. Evaluation:
+Image tower: a small ModifiedResNet on 32x128 word crops rendered on the fly (clip_text_spot.data.synthetic); text
+tower: a small transformer over OpenAI's CLIP BPE vocabulary (bundled). Each crop's caption is its word. Evaluation:
 image->text retrieval top-1 among the held-out split's captions (``retrieval_top1`` in metrics.jsonl).
 Arguments: ``:steps=N`` (default 1000), ``:batch=N`` (default 64). On a 2-core CPU the default run takes about
 6 minutes and reaches ~0.2 retrieval top-1 among 100 words (chance: 0.01).

@@ -268,9 +268,9 @@ def balanced_bce(
     ``pos = gt * mask``, ``neg = (1 - gt) * mask``, ``n_pos = floor(sum pos)``, ``n_neg = min(floor(sum neg),
     floor(negative_ratio * n_pos))``; the loss is ``(sum bce * pos + sum of the n_neg largest bce * neg) / (n_pos +
     n_neg + eps)``; no positives -> no negatives are kept and the loss is 0. ``pred`` holds probabilities (BCE with
-    PyTorch's clamped logs) or, with ``from_logits``, logits. The top-k of dynamic size is a full descending sort
-    (static size) with the ranks >= n_neg masked out; like mmocr's, it spans the whole (global) batch, so under data
-    parallelism the sort gathers the B x H x W negative losses.
+    PyTorch's clamped logs) or, with ``from_logits``, logits. The sum of the ``n_neg`` largest negative losses (a
+    top-k of dynamic size) is computed exactly without sorting (``top_k_sum``); like mmocr's it spans the whole
+    (global) batch.
     """
     pred, gt, mask = (jnp.asarray(a, jnp.float32) for a in (pred, gt, mask))
     loss = bce_with_logits(pred, gt) if from_logits else bce_on_probabilities(pred, gt)
@@ -278,9 +278,37 @@ def balanced_bce(
     neg = (1.0 - gt) * mask
     n_pos = jnp.floor(jnp.sum(pos))
     n_neg = jnp.minimum(jnp.floor(jnp.sum(neg)), jnp.floor(n_pos * negative_ratio))
-    ranked = -jnp.sort(-(loss * neg).ravel())
-    hard = jnp.sum(jnp.where(jnp.arange(ranked.size) < n_neg, ranked, 0.0))
+    hard = top_k_sum(loss * neg, n_neg)
     return (jnp.sum(loss * pos) + hard) / (n_pos + n_neg + eps)
+
+
+def top_k_sum(values: jax.Array, k: jax.Array) -> jax.Array:
+    """Sum of the ``k`` largest entries of non-negative ``values`` (``k`` a traced scalar), without a sort.
+
+    For non-negative float32 the int32 bit patterns are ordered like the values, so 31 bisection steps over the bit
+    pattern find the k-th largest value ``t`` exactly; the sum is ``sum(v > t) + (k - count(v > t)) * t``, with the
+    ``t`` share spread evenly over the entries equal to ``t`` (so, without ties, exactly the k largest entries get
+    gradient 1, as with a sort). Linear passes instead of an O(n log n) sort: several times faster on CPU for the
+    B x H x W maps of DBNet.
+    """
+    v = values.ravel().astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(v), jnp.int32)
+    k = jnp.asarray(k, jnp.float32)
+
+    def count_above(t):  # how many entries have bit pattern > t
+        return jnp.sum(bits > t).astype(jnp.float32)
+
+    def body(_, lo_hi):  # invariant: count_above(hi) < k <= count_above(lo)   (lo may be -1)
+        lo, hi = lo_hi
+        mid = lo + (hi - lo) // 2
+        above = count_above(mid) >= k
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, 32, body, (jnp.int32(-1), jnp.int32(0x7F800000)))
+    above, tied = bits > hi, bits == hi  # hi: the bit pattern of the k-th largest value
+    share = (k - jnp.sum(above).astype(jnp.float32)) / jnp.maximum(jnp.sum(tied).astype(jnp.float32), 1.0)
+    total = jnp.sum(jnp.where(above, v, 0.0)) + share * jnp.sum(jnp.where(tied, v, 0.0))
+    return jnp.where(k > 0, total, 0.0)
 
 
 def dice_loss(pred: jax.Array, gt: jax.Array, mask: jax.Array, eps: float = 1e-6) -> jax.Array:

@@ -111,9 +111,7 @@ class MLP(nnx.Module):
     the ``rngs`` call argument).
     """
 
-    def __init__(
-        self, dim: int, hidden: int, act: str, *, rngs: nnx.Rngs, dtype: Dtype = None, dropout: float = 0.0
-    ):
+    def __init__(self, dim: int, hidden: int, act: str, *, rngs: nnx.Rngs, dtype: Dtype = None, dropout: float = 0.0):
         self.act = act
         self.fc1 = dense(dim, hidden, ("embed", "mlp"), rngs=rngs, dtype=dtype)
         self.dropout = nnx.Dropout(dropout) if dropout else None

@@ -10,6 +10,7 @@ from clip_text_spot.trainer import Task
 
 REGISTRY = {
     "clip_contrastive": "clip_text_spot.tasks.clip_contrastive:ClipContrastiveTask",
+    "fasttcm": "clip_text_spot.tasks.fasttcm:FastTCMTask",
 }
 
 

@@ -8,7 +8,6 @@ optimiser groups can match ``^text_encoder/`` (frozen) and ``^backbone/`` (lr x 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -67,36 +66,45 @@ class TCMMatcher(nnx.Module):
             if config.n_ctx
             else None
         )
-        self.prompt_generator = (
-            PromptGenerator(c, d, rngs=rngs, dtype=dtype) if config.use_prompt_generator else None
-        )
+        self.prompt_generator = PromptGenerator(c, d, rngs=rngs, dtype=dtype) if config.use_prompt_generator else None
         self.meta_query = (
-            nnx.Param(jax.random.normal(rngs.params(), (c,)))
+            nnx.Param(nnx.with_partitioning(nnx.initializers.normal(1.0), ("joint",))(rngs.params(), (c,)))
             if config.fast and config.use_prompt_generator
             else None
         )
-        self.pix_w = nnx.Param(jnp.eye(c)) if config.fast and config.bsm_projection else None
-        self.visual_prompt_generator = (
-            ContextDecoder(c, config.vpg, rngs=rngs, dtype=dtype) if config.use_vpg else None
+        self.pix_w = (
+            nnx.Param(nnx.with_partitioning(_identity, ("joint", None))(rngs.params(), (c, c)))
+            if config.fast and config.bsm_projection
+            else None
         )
+        self.visual_prompt_generator = ContextDecoder(c, config.vpg, rngs=rngs, dtype=dtype) if config.use_vpg else None
         self.context_decoder = (
             ContextDecoder(c, config.context_decoder, rngs=rngs, dtype=dtype) if config.use_context_decoder else None
         )
-        self.gamma = nnx.Param(jnp.full((c,), config.gamma_init, jnp.float32))
+        self.gamma = nnx.Param(
+            nnx.with_partitioning(nnx.initializers.constant(config.gamma_init), ("joint",))(rngs.params(), (c,))
+        )
         self.vis_gamma = nnx.Param(jnp.asarray(config.vis_gamma_init, jnp.float32))
 
     @property
     def num_prompts(self) -> int:
+        """K: the number of predefined prompts, i.e. of score-map channels."""
         return len(self.prompt_ids)
 
-    def _text(self, cue_source: jax.Array | None) -> tuple[jax.Array | None, jax.Array]:
-        """(cue [B', D] or None, text embedding [B', K, C]) for a prompt-generator input [B', C] (or None)."""
-        cue = None
-        if self.prompt_generator is not None and cue_source is not None:
-            cue = self.prompt_generator(cue_source.astype(self.config.dtype))
+    def _cue(self, source: jax.Array | None) -> jax.Array | None:
+        """The prompt generator's cue [B', D] for its input [B', C] (None without a generator or an input)."""
+        if self.prompt_generator is None or source is None:
+            return None
+        return self.prompt_generator(source.astype(self.config.dtype))
+
+    def _text(self, cue: jax.Array | None) -> jax.Array:
+        """Text-encoder output [B', K, C] (float32) for a cue [B', D] or None (then B' = 1)."""
         contexts = None if self.contexts is None else self.contexts[...]
         ids = jnp.asarray(self.prompt_ids, jnp.int32)
-        return cue, self.text_encoder(ids, contexts, cue).astype(jnp.float32)
+        return self.text_encoder(ids, contexts, cue).astype(jnp.float32)
+
+    def _dropout_active(self) -> bool:
+        return any(isinstance(m, nnx.Dropout) and m.rate > 0 and not m.deterministic for _, m in nnx.iter_modules(self))
 
     def _meta_query(self) -> jax.Array | None:
         return None if self.meta_query is None else self.meta_query[...][None]
@@ -106,7 +114,7 @@ class TCMMatcher(nnx.Module):
         ``match(..., text_cache=...)`` to run inference without the text tower."""
         if not self.config.fast:
             raise ValueError("precompute_text needs a FastTCM matcher (config.fast=True): TCM's text is per image")
-        return self._text(self._meta_query())[1]
+        return self._text(self._cue(self._meta_query()))
 
     def match(
         self,
@@ -127,20 +135,16 @@ class TCMMatcher(nnx.Module):
             raise ValueError("text_cache is only valid for FastTCM (config.fast=True)")
         if isinstance(rngs, jax.Array):
             rngs = nnx.Rngs(dropout=rngs)
+        if rngs is None and self._dropout_active():
+            raise ValueError("TCMMatcher.match in train mode needs rngs= (an nnx.Rngs or a key) for decoder dropout")
         feats, global_feat, local = self.backbone.dense(images.astype(self.config.dtype))
         feats = [f.astype(jnp.float32) for f in feats]
         g, local = global_feat.astype(jnp.float32), local.astype(jnp.float32)
         b, h, w, c = local.shape
         out = {"c2": feats[0], "c3": feats[1], "c4": feats[2], "c5": feats[3], "global_feat": g, "local_feat": local}
 
-        if self.config.fast:
-            if text_cache is None:
-                cue, text = self._text(self._meta_query())
-            else:
-                cue = None if self.prompt_generator is None else self.prompt_generator(self._meta_query())
-                text = jnp.asarray(text_cache, jnp.float32)
-        else:
-            cue, text = self._text(g)
+        cue = self._cue(self._meta_query() if self.config.fast else g)
+        text = self._text(cue) if text_cache is None else jnp.asarray(text_cache, jnp.float32)
         if cue is not None:
             out["prompt_gen"] = jnp.broadcast_to(cue.astype(jnp.float32), (b, cue.shape[-1]))
         text = jnp.broadcast_to(text, (b, *text.shape[1:]))
@@ -163,32 +167,41 @@ class TCMMatcher(nnx.Module):
         out["score_map"] = score.reshape(b, h, w, -1)
         return out
 
-    @classmethod
-    def from_clip(
-        cls, config: FastTCMConfig, clip: CLIP, *, rngs: nnx.Rngs, prompt_ids: np.ndarray | None = None
-    ) -> TCMMatcher:
-        """A matcher whose backbone and text tower come from a loaded CLIP ResNet model (new modules initialised
-        as in TCM). The attention-pool positions are resized bilinearly (PyTorch semantics, no antialiasing) from
-        CLIP's grid to ``config.grid`` and the text positions truncated to ``prompt_length + n_ctx`` rows, as the
-        official code does at load."""
+    def load_clip(self, clip: CLIP) -> None:
+        """Overwrite the backbone and the text tower in place with a loaded CLIP ResNet model's weights.
+
+        The attention-pool positions are resized bilinearly (PyTorch semantics, no antialiasing) from CLIP's grid to
+        ``config.grid`` and the text positions truncated to ``prompt_length + n_ctx`` rows, as the official code does
+        at load. The other modules keep their values.
+        """
+        config = self.config
         if not clip.is_resnet:
-            raise ValueError("TCMMatcher.from_clip needs a CLIP with a ModifiedResNet image tower")
-        _check_same(clip.config.vision, config.clip.vision, "image_size", "vision")
-        _check_same(clip.config.text, config.text_config, "context_length", "text")
+            raise ValueError("TCMMatcher.load_clip needs a CLIP with a ModifiedResNet image tower")
+        _check_same(clip.config.vision, config.clip.vision, ("layers", "width", "heads", "eps"), "vision")
+        _check_same(
+            clip.config.text, config.clip.text, ("vocab_size", "width", "layers", "heads", "mlp_dim", "act"), "text"
+        )
         if clip.config.embed_dim != config.clip.embed_dim:
-            raise ValueError(f"CLIP embed_dim {clip.config.embed_dim} != config's {config.clip.embed_dim}")
-        model = cls(config, rngs=rngs, prompt_ids=prompt_ids)
+            raise ValueError(f"CLIP embed_dim {clip.config.embed_dim} != the FastTCM config's {config.clip.embed_dim}")
         vision = model_flat_state(clip.vision_model)
         vision["attnpool/positional_embedding"] = clip.vision_model.attnpool.positions((config.grid, config.grid))
-        assign_flat(model.backbone, vision, "CLIP image tower")
+        assign_flat(self.backbone, vision, "CLIP image tower")
         text = model_flat_state(clip.text_model)
         pos = "embeddings/position_embedding/embedding"
         length = config.text_config.context_length
         if text[pos].shape[0] < length:
             raise ValueError(f"CLIP text positions ({text[pos].shape[0]}) are fewer than prompt + contexts ({length})")
         text[pos] = text[pos][:length]
-        assign_flat(model.text_encoder.text_model, text, "CLIP text tower")
-        assign_flat(model.text_encoder.text_projection, model_flat_state(clip.text_projection), "CLIP text_projection")
+        assign_flat(self.text_encoder.text_model, text, "CLIP text tower")
+        assign_flat(self.text_encoder.text_projection, model_flat_state(clip.text_projection), "CLIP text_projection")
+
+    @classmethod
+    def from_clip(
+        cls, config: FastTCMConfig, clip: CLIP, *, rngs: nnx.Rngs, prompt_ids: np.ndarray | None = None
+    ) -> TCMMatcher:
+        """A new matcher (prompt modules initialised as in TCM, tcm.md §2) with ``load_clip(clip)`` applied."""
+        model = cls(config, rngs=rngs, prompt_ids=prompt_ids)
+        model.load_clip(clip)
         return model
 
 
@@ -201,9 +214,13 @@ def _trunc_normal(std: float):
     return init
 
 
-def _check_same(a, b, ignore: str, what: str) -> None:
-    """Error when two tower configs differ in anything but ``ignore`` (naming the differing fields)."""
-    a, b = dataclasses.replace(a, **{ignore: 0}), dataclasses.replace(b, **{ignore: 0})
-    diff = [f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
+def _identity(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    del key
+    return jnp.eye(shape[0], shape[1], dtype=dtype)
+
+
+def _check_same(a, b, fields: tuple[str, ...], what: str) -> None:
+    """Error when two tower configs differ in any of ``fields`` (naming them)."""
+    diff = [f for f in fields if getattr(a, f) != getattr(b, f)]
     if diff:
         raise ValueError(f"CLIP {what} tower differs from the FastTCM config in {diff}")

@@ -1,0 +1,225 @@
+"""FastTCM / TCM text detection with a DBNet head: data, loss, evaluation (hmean) and pictures for the trainer.
+
+Loss (tcm.md §3.1, §2.10): DB loss (5 x balanced BCE on the probability map + Dice on the binary map + 10 x masked
+L1 on the threshold map) plus ``aux_weight`` x the balanced BCE-with-logits of the upsampled score map / tau.
+Evaluation: DB post-processing of the probability map on the held-out split, ICDAR2015-protocol hmean at the
+configured score threshold (``hmean``, ``precision``, ``recall``) and mmocr's score-threshold sweep
+(``sweep_hmean``, ``sweep_thr``); PNG overlays (green: predictions, red: ground truth, yellow: don't care) in
+``WORKDIR/vis/step_N/``. FastTCM evaluates with the text embedding computed once (``precompute_text``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from clip_text_spot import vis
+from clip_text_spot.data.augment import DetAugConfig
+from clip_text_spot.data.pipeline import DB_MEAN, DB_STD, make_det_eval_batches, make_det_train_iter
+from clip_text_spot.data.synthetic import SyntheticDetSource, TextStyle
+from clip_text_spot.data.synthetic.render import DET_STYLE
+from clip_text_spot.metrics.detection import evaluate_detection, protocol_for
+from clip_text_spot.metrics.submission_io import TextInstances
+from clip_text_spot.models.clip import load_pretrained, preset
+from clip_text_spot.models.dbnet import db_loss, score_map_aux_loss
+from clip_text_spot.models.fasttcm.config import DecoderConfig, FastTCMConfig
+from clip_text_spot.models.fasttcm.detector import DetectorConfig, FastTCMDetector
+from clip_text_spot.postprocess.db import db_postprocess_batch
+
+
+def detector_config(model: ml_collections.ConfigDict) -> DetectorConfig:
+    """``DetectorConfig`` from ``config.model`` (see ``configs/fasttcm.py`` for the fields)."""
+    clip = preset(model.clip_preset).replace(vision={"image_size": model.pool_size})
+    if model.variant not in ("fasttcm", "tcm"):
+        raise ValueError(f"--config.model.variant must be 'fasttcm' or 'tcm', got {model.variant!r}")
+    decoder = DecoderConfig(
+        width=model.decoder_width, heads=model.decoder_heads, layers=model.decoder_layers, dropout=model.dropout
+    )
+    matcher = FastTCMConfig(
+        clip=clip,
+        prompts=(model.prompt,),
+        n_ctx=model.n_ctx,
+        fast=model.variant == "fasttcm",
+        vpg=decoder,
+        context_decoder=decoder,
+        tau=model.tau,
+        dtype=model.dtype,
+    )
+    return DetectorConfig(matcher=matcher, lateral_channels=model.lateral_channels, out_channels=model.out_channels)
+
+
+def detection_sources(data: ml_collections.ConfigDict, seed: int) -> tuple[Any, Any]:
+    """(train, eval) random-access sources: synthetic scenes, or prepared TFDS splits under ``data.root``."""
+    if data.name == "synthetic":
+        style = TextStyle(**{**DET_STYLE.__dict__, **dict(data.get("style", {}))})
+        kw = dict(image_size=tuple(data.image_size), num_words=tuple(data.num_words), style=style, seed=seed)
+        return (
+            SyntheticDetSource(10_000_000, split="train", **kw),
+            SyntheticDetSource(int(data.eval_samples), split="eval", **kw),
+        )
+    from clip_text_spot.data.prepare import open_split
+
+    return open_split(data.root, data.train_split), open_split(data.root, data.eval_split)
+
+
+class FastTCMTask:
+    """Task protocol implementation (``clip_text_spot.trainer.Task``) for FastTCM-DBNet and TCM-DBNet."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        data = config.data
+        if data.name != "synthetic" and not data.root:
+            raise ValueError(
+                f"dataset {data.name!r} needs --config.data.root=DIR (a directory written by "
+                "`python -m clip_text_spot.data.prepare`); or run the embedded demo: --config=configs/fasttcm.py:demo"
+            )
+        if config.model.require_clip and not config.model.clip_checkpoint:
+            raise ValueError(
+                "the paper recipe starts from CLIP RN50: set --config.model.clip_checkpoint=PATH (an OpenAI RN50 "
+                "re-saved as safetensors; README 'CLIP weights'), or run the demo: --config=configs/fasttcm.py:demo"
+            )
+        self.det_config = detector_config(config.model)
+        self.train_source, self.eval_source = detection_sources(data, config.seed)
+
+    def build_model(self, rngs: nnx.Rngs) -> FastTCMDetector:
+        return FastTCMDetector(self.det_config, rngs=rngs)
+
+    def load_pretrained(self, model: FastTCMDetector) -> None:
+        path = self.config.model.clip_checkpoint
+        if path:
+            logging.info("initialising the CLIP towers from %s", path)
+            model.load_clip(load_pretrained(path))
+
+    def train_batches(self, *, seed: int, process_index: int, process_count: int):
+        data = self.config.data
+        aug = DetAugConfig(crop_size=data.crop_size, scale_range=tuple(data.scale_range))
+        return make_det_train_iter(
+            self.train_source,
+            batch_size=self.config.batch_size // process_count,
+            crop_size=data.crop_size,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            workers=data.workers,
+            aug=aug,
+        )
+
+    def loss(self, model: FastTCMDetector, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
+        out = model(batch["image"], rngs=rng)
+        total, parts = db_loss(out["prob"], out["thr"], out["binary"], batch)
+        aux = score_map_aux_loss(out["score_map"], batch["gt_shrink"], batch["gt_shrink_mask"], model.config.tau)
+        total = total + self.config.model.aux_weight * aux
+        return total, {**parts, "loss_aux": aux}
+
+    # -- evaluation --------------------------------------------------------------------------------------------------
+
+    def predict_fn(self, model: FastTCMDetector):
+        """A jitted ``images -> prob`` for ``model`` in eval mode (FastTCM: text embedding computed once here)."""
+        text_cache = nnx.jit(lambda m: m.precompute_text())(model) if model.config.fast else None
+
+        @nnx.jit
+        def prob(m, images, cache):
+            return m(images, cache)["prob"]
+
+        return lambda images: np.asarray(prob(model, images, text_cache))
+
+    def evaluate(self, model: FastTCMDetector, step: int, workdir: str) -> dict[str, float]:
+        data = self.config.data
+        predict = self.predict_fn(model)
+        batches = make_det_eval_batches(
+            self.eval_source,
+            batch_size=int(data.eval_batch_size),
+            eval_size=tuple(data.eval_size),
+            with_targets=False,
+            max_polys=int(data.max_polys),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        gts, dets, pictures = {}, {}, []
+        for batch in batches:
+            prob = predict(batch["image"])
+            valid = np.asarray(batch["valid"])
+            sizes = [tuple(s) for s in np.asarray(batch["resized_shape"])]
+            preds = db_postprocess_batch(
+                prob, self.config.postprocess.preset, scales=[tuple(s) for s in batch["scale"]], valid_sizes=sizes,
+                **dict(self.config.postprocess.overrides),
+            )  # fmt: skip
+            for row in np.flatnonzero(valid):
+                key = int(batch["index"][row])
+                gts[key] = _gt_instances(batch, row)
+                dets[key] = TextInstances.from_predictions(preds[row])
+                if len(pictures) < int(self.config.get("vis_images", 4)):
+                    pictures.append((key, batch["image"][row], batch["scale"][row], gts[key], dets[key]))
+        gts, dets = _gather_instances(gts), _gather_instances(dets)
+        protocol = protocol_for("icdar2015" if data.get("protocol", "icdar2015") == "icdar2015" else "curved", "mmocr0")
+        result = evaluate_detection(gts, dets, protocol=protocol, sweep="mmocr0", score_thr=None)
+        precision, recall, hmean = result.counts.rates()
+        metrics = {"hmean": hmean, "precision": precision, "recall": recall, "images": len(gts)}
+        if result.best is not None:
+            thr, counts = result.best
+            metrics.update(sweep_hmean=counts.rates()[2], sweep_thr=thr)
+        if jax.process_index() == 0:
+            self._save_pictures(pictures, os.path.join(workdir, "vis", f"step_{step}"))
+        return metrics
+
+    def _save_pictures(self, pictures: list, directory: str) -> None:
+        for key, image, scale, gt, det in pictures:
+            img = vis.denormalize(image, DB_MEAN, DB_STD)
+            factor = np.asarray(scale, np.float64)[:2]
+
+            def scaled(polys, factor=factor):
+                return [np.asarray(p) * factor for p in polys]
+
+            care = [p for p, dc in zip(gt.polygons, gt.dont_care, strict=True) if not dc]
+            dont = [p for p, dc in zip(gt.polygons, gt.dont_care, strict=True) if dc]
+            img = vis.draw_polygons(img, scaled(care), vis.GT_COLOR, thickness=1)
+            img = vis.draw_polygons(img, scaled(dont), vis.IGNORE_COLOR, thickness=1)
+            labels = [f"{s:.2f}" for s in det.scores] if det.scores is not None else None
+            img = vis.draw_polygons(img, scaled(det.polygons), vis.PRED_COLOR, labels=labels)
+            vis.save_png(os.path.join(directory, f"{key:06d}.png"), img)
+
+
+def _gt_instances(batch: dict[str, np.ndarray], row: int) -> TextInstances:
+    """Ground-truth polygons of one eval-batch row (original image pixels) as ``TextInstances``."""
+    n = np.asarray(batch["polygon_mask"][row])
+    polys = [
+        np.asarray(batch["polygons"][row, i, : int(batch["num_points"][row, i])], np.float64) for i in np.flatnonzero(n)
+    ]
+    ignore = np.asarray(batch["ignore"][row])[np.flatnonzero(n)]
+    return TextInstances(polys, [""] * len(polys), ignore)
+
+
+def _gather_instances(items: dict[int, TextInstances]) -> dict[int, TextInstances]:
+    """All processes' per-image instances (multi-host evaluation: every process scores the whole set).
+
+    Exchanged as JSON bytes through ``process_allgather`` (never pickled)."""
+    if jax.process_count() == 1:
+        return items
+    from jax.experimental import multihost_utils
+
+    rows = {
+        k: {
+            "polygons": [np.asarray(p).tolist() for p in v.polygons],
+            "dont_care": v.dont_care.tolist(),
+            "scores": None if v.scores is None else v.scores.tolist(),
+        }
+        for k, v in items.items()
+    }
+    payload = np.frombuffer(json.dumps(rows).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([payload.size]))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: payload.size] = payload
+    merged: dict[int, TextInstances] = {}
+    for blob, size in zip(np.asarray(multihost_utils.process_allgather(padded)), sizes, strict=True):
+        for k, v in json.loads(blob[: int(size)].tobytes()).items():
+            polys = [np.asarray(p, np.float64).reshape(-1, 2) for p in v["polygons"]]
+            scores = None if v["scores"] is None else np.asarray(v["scores"])
+            merged[int(k)] = TextInstances(polys, [""] * len(polys), np.asarray(v["dont_care"], bool), scores)
+    return merged
