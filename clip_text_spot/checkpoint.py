@@ -84,6 +84,19 @@ class TrainCheckpointer:
         out = self.latest.restore(step, args=ocp.args.Composite(**items))
         return out["state"], out["meta"]
 
+    def restore_subset(self, step: int, target: Any, best: bool = False) -> tuple[Any, dict]:
+        """(the parts of the train state named in ``target`` — e.g. params only — , meta) at ``step``."""
+        mngr = self.best if best else self.latest
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        state = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+        out = mngr.restore(step, args=ocp.args.Composite(state=state, meta=ocp.args.JsonRestore()))
+        return out["state"], out["meta"]
+
+    def read_meta(self, step: int, best: bool = False) -> dict:
+        """The JSON metadata (``{"config": ...}``) saved with ``step``."""
+        mngr = self.best if best else self.latest
+        return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
     def wait(self) -> None:
         self.latest.wait_until_finished()
         self.best.wait_until_finished()

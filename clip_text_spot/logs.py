@@ -6,6 +6,7 @@ Only process 0 writes. Train lines carry ``kind: "train"``, eval lines ``kind: "
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import math
 import os
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 
 def _plain(v: Any) -> Any:
@@ -66,3 +68,16 @@ def read_metrics(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return [r for r in rows if kind is None or r.get("kind") == kind]
+
+
+class _QuietLibraries(pylogging.Filter):
+    """Drops INFO chatter from orbax/grain/jax internals so progress bars and our own logs stay readable."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax"))
+        return record.levelno >= pylogging.WARNING or not noisy
+
+
+def quiet_libraries() -> None:
+    """Install the filter on absl's log handler (command-line entry points call this first)."""
+    logging.get_absl_handler().addFilter(_QuietLibraries())

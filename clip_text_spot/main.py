@@ -13,7 +13,6 @@ replaced by the path ``WORKDIR/a`` (e.g. to initialise from the previous stage's
 from __future__ import annotations
 
 import json
-import logging as pylogging
 import os
 import sys
 
@@ -21,24 +20,18 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from clip_text_spot import logs
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and pictures go.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() before anything else.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(pylogging.Filter):
-    """Drop INFO chatter from orbax/grain (checkpoint internals) so progress and our own logs stay readable."""
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax"))
-        return record.levelno >= pylogging.WARNING or not noisy
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    logs.quiet_libraries()
     import jax
 
     if _DISTRIBUTED.value:

@@ -130,78 +130,42 @@ class _Interrupt:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def train(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    task: Task,
-    *,
-    log_dir: str | None = None,
-    tags: dict[str, Any] | None = None,
-) -> TrainResult:
-    """Train ``task`` as ``config`` says, checkpointing under ``workdir`` (resumes if it holds a checkpoint).
+@dataclasses.dataclass
+class Setup:
+    """Everything the loop needs, built once from a config and a task (also used by benchmarks and tests).
 
-    Metrics go to ``log_dir`` (default ``workdir``) with ``tags`` on every row (multi-stage runs share one log).
+    ``step_fn(state, batch) -> (state, metrics)`` is the jitted train step with explicit in/out shardings and the
+    state donated; ``init_state()`` creates a fresh, sharded state (with the task's pretrained weights);
+    ``abstract_state`` (ShapeDtypeStructs with shardings) restores a checkpoint onto this mesh.
     """
-    os.makedirs(workdir, exist_ok=True)
-    mesh = parallel.make_mesh(config.mesh)
-    rules = [tuple(r) for r in config.sharding_rules]
-    total_steps = int(config.total_steps)
-    logging.info(
-        "process %d/%d, %d local / %d global devices, mesh %s",
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-        dict(mesh.shape),
-    )
-    if config.batch_size % (parallel.data_parallel_size(mesh)) or config.batch_size % jax.process_count():
-        raise ValueError(
-            f"--config.batch_size={config.batch_size} must be divisible by the data-parallel size "
-            f"{parallel.data_parallel_size(mesh)} and the process count {jax.process_count()}"
-        )
 
-    # -- model, shardings, initialisation ------------------------------------------------------------------------
-    abstract_model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(config.seed)))
-    abstract_model.train()
-    graphdef_train, abs_params, abs_rest = nnx.split(abstract_model, nnx.Param, ...)
-    abstract_model.eval()
-    graphdef_eval = nnx.graphdef(abstract_model)
-    param_sh = _shardings_like(abs_params, mesh, rules)
-    rest_sh = _shardings_like(abs_rest, mesh, rules)
+    config: ml_collections.ConfigDict
+    task: Task
+    mesh: jax.sharding.Mesh
+    graphdef_train: Any
+    graphdef_eval: Any
+    tx: optax.GradientTransformation
+    state_sh: dict
+    abstract_state: dict
+    step_fn: Callable[[dict, dict], tuple[dict, dict]]
 
-    def init_vars():
-        model = task.build_model(nnx.Rngs(config.seed))
-        _, p, r = nnx.split(model, nnx.Param, ...)
-        return _pure(p), _pure(r)
+    def init_state(self, load_pretrained: bool = True) -> dict:
+        """A fresh train state on the mesh: jitted sharded init, then the task's pretrained weights."""
+        config, task, sh = self.config, self.task, self.state_sh
 
-    with jax.set_mesh(mesh):
-        params, rest = jax.jit(init_vars, out_shardings=(param_sh, rest_sh))()
-    tx = optim.make_optimizer(config.optim, params, total_steps)
-    opt_sh = _opt_shardings(tx, params, param_sh, mesh)
-    repl = parallel.replicated(mesh)
-    state_sh = {
-        "step": repl,
-        "params": param_sh,
-        "rest": rest_sh,
-        "opt": opt_sh,
-        "rng": repl,
-        "bad_streak": repl,
-        "skipped": repl,
-    }
+        def init_vars():
+            _, p, r = nnx.split(task.build_model(nnx.Rngs(config.seed)), nnx.Param, ...)
+            return _pure(p), _pure(r)
 
-    ckpt = checkpoint.TrainCheckpointer(
-        workdir, save_every=int(config.ckpt_every), keep=int(config.get("ckpt_keep", 2))
-    )
-    data = task.train_batches(seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
-    start = ckpt.latest_step()
-    if start is None:
-        model = nnx.merge(graphdef_eval, params, rest)
-        task.load_pretrained(model)
-        _, p, r = nnx.split(model, nnx.Param, ...)
-        params = jax.device_put(_pure(p), param_sh)
-        rest = jax.device_put(_pure(r), rest_sh)
-        with jax.set_mesh(mesh):
-            opt = jax.jit(tx.init, out_shardings=opt_sh)(params)
+        with jax.set_mesh(self.mesh):
+            params, rest = jax.jit(init_vars, out_shardings=(sh["params"], sh["rest"]))()
+        if load_pretrained:
+            model = nnx.merge(self.graphdef_eval, params, rest)
+            task.load_pretrained(model)
+            _, p, r = nnx.split(model, nnx.Param, ...)
+            params, rest = jax.device_put((_pure(p), _pure(r)), (sh["params"], sh["rest"]))
+        with jax.set_mesh(self.mesh):
+            opt = jax.jit(self.tx.init, out_shardings=sh["opt"])(params)
         state = {
             "step": jnp.zeros([], jnp.int32),
             "params": params,
@@ -211,26 +175,48 @@ def train(
             "bad_streak": jnp.zeros([], jnp.int32),
             "skipped": jnp.zeros([], jnp.int32),
         }
-        state = jax.device_put(state, state_sh)
-        start = 0
-    else:
-        with jax.set_mesh(mesh):
-            abs_opt = jax.eval_shape(tx.init, params)
-        abstract_state = {
-            "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=repl),
-            "params": _abstract(params, param_sh),
-            "rest": _abstract(rest, rest_sh),
-            "opt": _abstract(abs_opt, opt_sh),
-            "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=repl),
-            "bad_streak": jax.ShapeDtypeStruct((), jnp.int32, sharding=repl),
-            "skipped": jax.ShapeDtypeStruct((), jnp.int32, sharding=repl),
-        }
-        state, _ = ckpt.restore(start, abstract_state, data)
-        logging.info("resumed from %s/ckpt at step %d", workdir, start)
-    del params, rest
+        return jax.device_put(state, sh)
 
-    # -- the train step --------------------------------------------------------------------------------------------
-    max_bad = int(config.get("max_bad_steps", 5))
+    def eval_model(self, state: dict) -> nnx.Module:
+        """The model of ``state`` in eval mode."""
+        return nnx.merge(self.graphdef_eval, state["params"], state["rest"])
+
+
+def setup(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh | None = None) -> Setup:
+    """Build the mesh (unless given), shardings, optimiser and the jitted train step for ``task``."""
+    mesh = mesh or parallel.make_mesh(config.mesh)
+    rules = [tuple(r) for r in config.sharding_rules]
+    if config.batch_size % parallel.data_parallel_size(mesh) or config.batch_size % jax.process_count():
+        raise ValueError(
+            f"--config.batch_size={config.batch_size} must be divisible by the data-parallel size "
+            f"{parallel.data_parallel_size(mesh)} and the process count {jax.process_count()}"
+        )
+    abstract_model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(config.seed)))
+    abstract_model.train()
+    graphdef_train, abs_params, abs_rest = nnx.split(abstract_model, nnx.Param, ...)
+    abstract_model.eval()
+    graphdef_eval = nnx.graphdef(abstract_model)
+    param_sh = _shardings_like(abs_params, mesh, rules)
+    rest_sh = _shardings_like(abs_rest, mesh, rules)
+    params, rest = _pure(abs_params), _pure(abs_rest)
+    tx = optim.make_optimizer(config.optim, params, int(config.total_steps))
+    with jax.set_mesh(mesh):
+        abs_opt = jax.eval_shape(tx.init, params)
+    opt_sh = _opt_shardings(tx, params, param_sh, mesh)
+    repl = parallel.replicated(mesh)
+    state_sh = {"params": param_sh, "rest": rest_sh, "opt": opt_sh}
+    state_sh |= {k: repl for k in ("step", "rng", "bad_streak", "skipped")}
+    scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=repl)
+    abstract_state = {
+        "step": scalar,
+        "params": _abstract(params, param_sh),
+        "rest": _abstract(rest, rest_sh),
+        "opt": _abstract(abs_opt, opt_sh),
+        "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=repl),
+        "bad_streak": scalar,
+        "skipped": scalar,
+    }
+    schedule = optim.schedule(config.optim, int(config.total_steps))
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
@@ -259,13 +245,48 @@ def train(
             "bad_streak": jnp.where(ok, 0, state["bad_streak"] + 1),
             "skipped": state["skipped"] + (~ok).astype(jnp.int32),
         }
-        metrics = dict(
-            metrics, loss=loss, grad_norm=grad_norm, lr=optim.schedule(config.optim, total_steps)(state["step"])
-        )
-        return new_state, metrics
+        return new_state, dict(metrics, loss=loss, grad_norm=grad_norm, lr=schedule(state["step"]))
 
     batch_sh = parallel.batch_sharding(mesh)
     step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
+    return Setup(config, task, mesh, graphdef_train, graphdef_eval, tx, state_sh, abstract_state, step_fn)
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    task: Task,
+    *,
+    log_dir: str | None = None,
+    tags: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``task`` as ``config`` says, checkpointing under ``workdir`` (resumes if it holds a checkpoint).
+
+    Metrics go to ``log_dir`` (default ``workdir``) with ``tags`` on every row (multi-stage runs share one log).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    run = setup(config, task)
+    mesh, total_steps = run.mesh, int(config.total_steps)
+    logging.info(
+        "process %d/%d, %d local / %d global devices, mesh %s",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        dict(mesh.shape),
+    )
+    ckpt = checkpoint.TrainCheckpointer(
+        workdir, save_every=int(config.ckpt_every), keep=int(config.get("ckpt_keep", 2))
+    )
+    data = task.train_batches(seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    start = ckpt.latest_step()
+    if start is None:
+        state, start = run.init_state(), 0
+    else:
+        state, _ = ckpt.restore(start, run.abstract_state, data)
+        logging.info("resumed from %s/ckpt at step %d", workdir, start)
+    max_bad = int(config.get("max_bad_steps", 5))
+    step_fn = run.step_fn
 
     # -- the loop -------------------------------------------------------------------------------------------------
     writer = logs.MetricWriter(log_dir or workdir, tensorboard=bool(config.get("tensorboard", True)), tags=tags)
@@ -279,11 +300,8 @@ def train(
     step = start
     t_log, n_log = time.perf_counter(), 0
 
-    def eval_model(state):
-        return nnx.merge(graphdef_eval, state["params"], state["rest"])
-
     def run_eval(state, step):
-        metrics = task.evaluate(eval_model(state), step, workdir)
+        metrics = task.evaluate(run.eval_model(state), step, workdir)
         writer.write(step, metrics, kind="eval")
         best_key = config.get("best_metric", "")
         if best_key and best_key in metrics:
@@ -333,7 +351,7 @@ def train(
         progress(None, None)
     if stopped:
         logging.warning("%s; checkpoint saved in %s/ckpt", stopped, workdir)
-    return TrainResult(state, eval_model(state), last_train, last_eval, stopped)
+    return TrainResult(state, run.eval_model(state), last_train, last_eval, stopped)
 
 
 def _progress(start: int, total: int, enabled: bool) -> Callable[[int | None, dict | None], None]:
@@ -352,3 +370,33 @@ def _progress(start: int, total: int, enabled: bool) -> Callable[[int | None, di
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.1f}", refresh=False)
 
     return update
+
+
+def restore_model(
+    workdir: str, *, best: bool = False, step: int | None = None, build_task: Callable | None = None
+) -> tuple[ml_collections.ConfigDict, Task, nnx.Module, int]:
+    """(config, task, model in eval mode, step) from a training workdir's checkpoint (latest, or the best one).
+
+    The config is the one saved with the checkpoint; ``build_task`` (default ``clip_text_spot.tasks.build_task``)
+    turns it into the task that builds the model. Only parameters and model statistics are read, onto the default
+    device, whatever mesh the run trained on.
+    """
+    if build_task is None:
+        from clip_text_spot.tasks import build_task
+    ckpt = checkpoint.TrainCheckpointer(workdir, save_every=1, async_save=False)
+    mngr = ckpt.best if best else ckpt.latest
+    step = step if step is not None else mngr.latest_step()
+    if step is None:
+        raise FileNotFoundError(
+            f"{workdir}: no {'best' if best else 'ckpt'} checkpoint (train with clip_text_spot.main)"
+        )
+    config = ml_collections.ConfigDict(ckpt.read_meta(step, best)["config"])
+    task = build_task(config)
+    abstract = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0)))
+    abstract.eval()
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    to_struct = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
+    target = {"params": jax.tree.map(to_struct, _pure(params)), "rest": jax.tree.map(to_struct, _pure(rest))}
+    state, _ = ckpt.restore_subset(step, target, best)
+    ckpt.close()
+    return config, task, nnx.merge(graphdef, state["params"], state["rest"]), int(step)

@@ -86,7 +86,14 @@ class FastTCMTask:
                 "re-saved as safetensors; README 'CLIP weights'), or run the demo: --config=configs/fasttcm.py:demo"
             )
         self.det_config = detector_config(config.model)
-        self.train_source, self.eval_source = detection_sources(data, config.seed)
+        self._sources = None
+
+    @property
+    def sources(self) -> tuple[Any, Any]:
+        """(train, eval) sources, opened on first use (prediction from a checkpoint needs no dataset)."""
+        if self._sources is None:
+            self._sources = detection_sources(self.config.data, self.config.seed)
+        return self._sources
 
     def build_model(self, rngs: nnx.Rngs) -> FastTCMDetector:
         return FastTCMDetector(self.det_config, rngs=rngs)
@@ -101,7 +108,7 @@ class FastTCMTask:
         data = self.config.data
         aug = DetAugConfig(crop_size=data.crop_size, scale_range=tuple(data.scale_range))
         return make_det_train_iter(
-            self.train_source,
+            self.sources[0],
             batch_size=self.config.batch_size // process_count,
             crop_size=data.crop_size,
             seed=seed,
@@ -134,7 +141,7 @@ class FastTCMTask:
         data = self.config.data
         predict = self.predict_fn(model)
         batches = make_det_eval_batches(
-            self.eval_source,
+            self.sources[1],
             batch_size=int(data.eval_batch_size),
             eval_size=tuple(data.eval_size),
             with_targets=False,
