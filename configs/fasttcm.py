@@ -115,8 +115,8 @@ def _demo(config: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml
     d.max_polys = 16
     config.postprocess.preset = "tcm_pretrain"
     config.batch_size = 8
-    config.total_steps = a.steps or 1500
-    config.eval_every = config.ckpt_every = 500
+    config.total_steps = a.steps or 500
+    config.eval_every = config.ckpt_every = 250
     config.log_every = 25
     o.groups = [("^text_encoder/", 0.0)]  # random-init backbone trains at the full rate
     o.name, o.lr, o.weight_decay = "adam", 1e-3, 0.0

@@ -1,0 +1,123 @@
+"""FastTCM-DBNet speed: train images/s at 640x640 and inference FPS at 1024x1824 with post-processing,
+FastTCM (text embedding cached) vs TCM (image-conditioned prompt, text tower every image).
+
+    python bench/fasttcm.py [--config=ic15] [--train_batch=2] [--steps=3] [--infer_images=3] [--dtype=float32]
+        [--output=bench/results/fasttcm-<device>.json]
+
+Full paper configuration (CLIP-RN50, random weights: speed does not depend on them). Prints one JSON line with the
+device, the jax version and the figures; on a CPU keep the batch small (the default 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from clip_text_spot import trainer  # noqa: E402
+from clip_text_spot.postprocess.db import db_postprocess  # noqa: E402
+from clip_text_spot.tasks.fasttcm import FastTCMTask  # noqa: E402
+from configs.fasttcm import get_config  # noqa: E402
+
+
+def train_images_per_s(variant: str, arg: str, batch: int, steps: int, dtype: str) -> float:
+    """Images/s of the trainer's jitted step (DB + aux loss, backward, optimiser) on random 640x640 batches."""
+    config = get_config(f"{arg},tcm" if variant == "tcm" else arg)
+    config.model.require_clip = False
+    config.model.dtype = dtype
+    config.batch_size = batch
+    run = trainer.setup(config, FastTCMTask(config))
+    state = run.init_state(load_pretrained=False)
+    rng = np.random.default_rng(0)
+    size = config.data.crop_size
+    batch_np = {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32)}
+    for key in ("gt_shrink", "gt_shrink_mask", "gt_thr_mask"):
+        batch_np[key] = (rng.random((batch, size, size)) > 0.8).astype(np.float32)
+    batch_np["gt_thr"] = rng.uniform(0.3, 0.7, (batch, size, size)).astype(np.float32)
+    from clip_text_spot import parallel
+
+    with jax.set_mesh(run.mesh):
+        data = parallel.global_batch(batch_np, run.mesh)
+        state, metrics = run.step_fn(state, data)  # compile
+        jax.block_until_ready(metrics)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = run.step_fn(state, data)
+        jax.block_until_ready(metrics)
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def inference_fps(variant: str, arg: str, images: int, dtype: str, hw: tuple[int, int]) -> dict[str, float]:
+    """Frames/s at batch 1 including DB post-processing on the host (FastTCM uses its cached text embedding)."""
+    config = get_config(f"{arg},tcm" if variant == "tcm" else arg)
+    config.model.require_clip = False
+    config.model.dtype = dtype
+    task = FastTCMTask(config)
+    from flax import nnx
+
+    model = task.build_model(nnx.Rngs(0))
+    model.eval()
+    predict = task.predict_fn(model)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, *hw, 3)).astype(np.float32))
+    prob = predict(x)  # compile
+    t0 = time.perf_counter()
+    net = 0.0
+    for _ in range(images):
+        t1 = time.perf_counter()
+        prob = predict(x)
+        net += time.perf_counter() - t1
+        db_postprocess(prob[0], config.postprocess.preset)
+    total = time.perf_counter() - t0
+    return {"fps": images / total, "fps_network_only": images / net}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="ic15", help="configs/fasttcm.py argument (dataset preset)")
+    ap.add_argument("--train_batch", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--infer_images", type=int, default=3)
+    ap.add_argument("--infer_size", default="1024,1824", help="H,W of the inference input")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--skip_train", action="store_true")
+    ap.add_argument("--output", default="", help="also write the JSON line to this file")
+    a = ap.parse_args()
+    hw = tuple(int(v) for v in a.infer_size.split(","))
+    dev = jax.devices()[0]
+    out = {
+        "bench": "fasttcm",
+        "device": getattr(dev, "device_kind", dev.platform),
+        "platform": dev.platform,
+        "devices": jax.device_count(),
+        "jax": jax.__version__,
+        "config": a.config,
+        "dtype": a.dtype,
+        "train_batch": a.train_batch,
+        "infer_size": list(hw),
+    }
+    for variant in ("fasttcm", "tcm"):
+        if not a.skip_train:
+            out[f"{variant}_train_img_per_s"] = round(
+                train_images_per_s(variant, a.config, a.train_batch, a.steps, a.dtype), 3
+            )
+        fps = inference_fps(variant, a.config, a.infer_images, a.dtype, hw)
+        out.update({f"{variant}_infer_{k}": round(v, 3) for k, v in fps.items()})
+    out["fasttcm_over_tcm_fps"] = round(out["fasttcm_infer_fps"] / out["tcm_infer_fps"], 3)
+    line = json.dumps(out)
+    print(line)
+    if a.output:
+        os.makedirs(os.path.dirname(a.output) or ".", exist_ok=True)
+        with open(a.output, "w") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
