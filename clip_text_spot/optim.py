@@ -4,7 +4,7 @@
 
     name: "adamw" | "adam" | "ranger" (RAdam + Lookahead, TCM's optimiser) | "sgd"
     lr, weight_decay, b1, b2, eps, grad_clip (global norm, 0 = off), accumulate (gradient accumulation steps)
-    schedule: "poly" (power ``poly_power``, mmocr's) | "cosine" | "constant"; warmup_steps
+    schedule: "poly" (power ``poly_power``, floor ``min_lr``; mmocr's) | "cosine" | "constant"; warmup_steps
     groups: [(regex, multiplier)] — first match on the parameter path ("text_model/encoder/..."); multiplier 0.0
             freezes (updates are exactly zero, no weight decay), e.g. [("^clip/text_model", 0.0), ("^clip/vision", 0.1)]
     no_decay: regex of paths without weight decay (norms, biases, embeddings by default)
@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 DEFAULT_NO_DECAY = r"(norm|bias|_bn|/bn\d|/bn/|embedding|gamma|positional)"
@@ -26,8 +27,12 @@ def schedule(cfg: Any, total_steps: int) -> optax.Schedule:
     warmup = int(cfg.get("warmup_steps", 0))
     decay_steps = max(total_steps - warmup, 1)
     name = cfg.get("schedule", "constant")
-    if name == "poly":
-        main = optax.polynomial_schedule(cfg.lr, 0.0, power=cfg.get("poly_power", 0.9), transition_steps=decay_steps)
+    if name == "poly":  # mmocr's: (lr - min_lr) * (1 - t / T) ** power + min_lr, held at min_lr after T
+        power, min_lr = float(cfg.get("poly_power", 0.9)), float(cfg.get("min_lr", 0.0))
+
+        def main(step):
+            frac = 1.0 - jnp.minimum(jnp.asarray(step, jnp.float32), decay_steps) / decay_steps
+            return (cfg.lr - min_lr) * jnp.power(jnp.maximum(frac, 0.0), power) + min_lr
     elif name == "cosine":
         main = optax.cosine_decay_schedule(cfg.lr, decay_steps)
     elif name == "constant":

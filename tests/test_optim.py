@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from clip_text_spot.optim import decay_mask, make_optimizer, param_labels
 
@@ -52,3 +53,11 @@ def test_decoupled_weight_decay_skips_norms_and_biases():
     np.testing.assert_array_equal(new["head"]["bias"], 1.0)
     np.testing.assert_array_equal(new["head"]["layer_norm"]["scale"], 1.0)
     np.testing.assert_array_equal(new["text"]["w"], 1.0)  # frozen: no decay either
+
+
+def test_poly_schedule_is_finite_past_the_end_and_matches_mmocr():
+    from clip_text_spot.optim import schedule
+
+    sched = schedule(ml_collections.ConfigDict(dict(lr=0.1, schedule="poly", poly_power=0.9, min_lr=1e-7)), 10)
+    np.testing.assert_allclose(float(sched(4)), (0.1 - 1e-7) * (1 - 0.4) ** 0.9 + 1e-7, rtol=1e-6)
+    assert float(sched(10)) == pytest.approx(1e-7) and float(sched(25)) == pytest.approx(1e-7)
