@@ -202,22 +202,18 @@ def _add(labels: dict[str, str], name: str, text: str, source: str, line: int | 
 
 
 def _read_lmdb(path: Path) -> dict[str, str]:
-    import lmdb
+    from clip_text_spot.data.readers.lmdb_rec import open_lmdb
 
     labels: dict[str, str] = {}
-    env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=1)
-    try:
-        with env.begin() as txn:
-            raw = txn.get(b"num-samples")
-            if raw is None:
-                raise MalformedInputError(str(path), None, "LMDB has no 'num-samples' key")
-            for i in range(1, int(raw) + 1):
-                label = txn.get(f"label-{i:09d}".encode())
-                if label is None:
-                    raise MalformedInputError(str(path), None, f"LMDB has no key label-{i:09d}")
-                labels[f"image-{i:09d}"] = label.decode("utf-8")
-    finally:
-        env.close()
+    with open_lmdb(path).begin() as txn:
+        raw = txn.get(b"num-samples")
+        if raw is None:
+            raise MalformedInputError(str(path), None, "LMDB has no 'num-samples' key")
+        for i in range(1, int(raw) + 1):
+            label = txn.get(f"label-{i:09d}".encode())
+            if label is None:
+                raise MalformedInputError(str(path), None, f"LMDB has no key label-{i:09d}")
+            labels[f"image-{i:09d}"] = label.decode("utf-8")
     return labels
 
 

@@ -9,6 +9,8 @@ import ml_collections
 from clip_text_spot.trainer import Task
 
 REGISTRY = {
+    "dptr_pretrain": "clip_text_spot.tasks.dptr:DptrPretrainTask",
+    "dptr_finetune": "clip_text_spot.tasks.dptr:DptrFinetuneTask",
     "clip_contrastive": "clip_text_spot.tasks.clip_contrastive:ClipContrastiveTask",
     "fasttcm": "clip_text_spot.tasks.fasttcm:FastTCMTask",
 }

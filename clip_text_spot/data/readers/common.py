@@ -129,7 +129,7 @@ class ReaderStats:
 
 
 class Samples(Generic[T]):
-    """Lazy, re-iterable samples of one reader.
+    """Lazy, re-iterable (and indexable) samples of one reader.
 
     ``len()`` counts candidate items (an upper bound on what iteration yields when ``strict=False``); each
     iteration resets ``stats`` and logs a summary at its end. ``kind`` is ``"det"`` or ``"rec"``.
@@ -153,6 +153,11 @@ class Samples(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __getitem__(self, index: int) -> T:
+        """Random access (grain sources): sample ``index``; a malformed one raises its ``DataFormatError`` (naming
+        file and key) whatever ``strict`` says, since a random-access caller has nothing to skip to."""
+        return self._load(self._items[index], self.stats)
 
     def __iter__(self) -> Iterator[T]:
         self.stats = stats = ReaderStats(self.name)

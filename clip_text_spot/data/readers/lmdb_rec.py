@@ -13,6 +13,7 @@ recognition pipeline).
 from __future__ import annotations
 
 import bisect
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,12 +45,20 @@ def find_lmdb_dirs(root: str | Path) -> list[Path]:
     return found
 
 
-def _open(path: Path) -> lmdb.Environment:
-    return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=8)
+_ENVS: dict[tuple[int, str], lmdb.Environment] = {}
+
+
+def open_lmdb(path: str | Path) -> lmdb.Environment:
+    """The read-only environment of the LMDB directory ``path``, opened once per process and kept open (the
+    ``lmdb`` package refuses a second open of the same environment in a process; a forked worker opens its own)."""
+    key = (os.getpid(), str(Path(path).resolve()))
+    if key not in _ENVS:
+        _ENVS[key] = lmdb.open(key[1], readonly=True, lock=False, readahead=False, meminit=False, max_readers=126)
+    return _ENVS[key]
 
 
 def _num_samples(path: Path) -> int:
-    with _open(path) as env, env.begin() as txn:
+    with open_lmdb(path).begin() as txn:
         raw = txn.get(b"num-samples")
     where = path / "data.mdb"
     if raw is None:
@@ -89,15 +98,12 @@ def read_lmdb(
     root = Path(root)
     dirs = find_lmdb_dirs(root)
     counts = [_num_samples(d) for d in dirs]
-    envs: dict[int, lmdb.Environment] = {}
 
     def load(item: tuple[int, int], stats: ReaderStats) -> RecSample:
         db, number = item
-        if db not in envs:
-            envs[db] = _open(dirs[db])
         where = dirs[db] / "data.mdb"
         label_key, image_key = f"label-{number:09d}", f"image-{number:09d}"
-        with envs[db].begin() as txn:
+        with open_lmdb(dirs[db]).begin() as txn:
             raw_label = txn.get(label_key.encode())
             data = b"" if labels_only else txn.get(image_key.encode())
         if raw_label is None:

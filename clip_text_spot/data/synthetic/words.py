@@ -18,14 +18,17 @@ WORD_KINDS = ("lower", "title", "upper", "number", "mixed")
 
 
 @functools.lru_cache(maxsize=8)
-def vocabulary(size: int, min_chars: int = 1, max_chars: int = 25, charset: str = EN_CHARSET) -> tuple[str, ...]:
-    """The ``size`` most frequent English words, restricted to ``charset`` and ``min_chars..max_chars`` characters."""
+def vocabulary(
+    size: int, min_chars: int = 1, max_chars: int = 25, charset: str = EN_CHARSET, lang: str = "en"
+) -> tuple[str, ...]:
+    """The ``size`` most frequent words of ``lang`` (English by default), restricted to ``charset`` and
+    ``min_chars..max_chars`` characters."""
     if size < 1:
         raise ValueError(f"vocabulary size must be >= 1, got {size}")
     allowed = set(charset)
-    words = tuple(w for w in wordfreq.top_n_list("en", size) if min_chars <= len(w) <= max_chars and set(w) <= allowed)
+    words = tuple(w for w in wordfreq.top_n_list(lang, size) if min_chars <= len(w) <= max_chars and set(w) <= allowed)
     if not words:
-        raise ValueError(f"no word of {min_chars}..{max_chars} characters in the top {size} English words")
+        raise ValueError(f"no word of {min_chars}..{max_chars} characters in the top {size} {lang!r} words")
     return words
 
 

@@ -1,0 +1,136 @@
+"""DPTR's fine-tuned recogniser: ViT encoder -> feature merge unit (FMU) -> pre-trained decoder (``dptr.md`` §3).
+
+* ``RecViT``: patchify conv (kernel = stride = ``patch_size``, with bias), learned positions (no class token),
+  pre-LN blocks (``layers.Encoder``, exact GELU), final LayerNorm -> [B, num_patches, width].
+* ``FeatureMergeUnit``: ``steps`` learned queries ``Q0``, one cross-attention and one MLP, no LayerNorm on the
+  queries or the image features and no final LayerNorm::
+
+      Q   = Q0 + drop(cross_attn(Q0, F_img))
+      F_u = Q + drop(fc2(drop(gelu(fc1(norm(Q))))))        # [B, steps, dim], the decoder's memory
+
+  The image features may be narrower or wider than the decoder (``kv_dim``), so a small encoder can feed it.
+  ``Q0`` is uninitialised memory in the original; ``dptr.md`` suggests normal(0.02), but with no LayerNorm in front
+  of the attention such small queries give uniform attention over the patches and tiny gradients (fine-tuning
+  stalled in our CPU runs), so ``Q0`` is drawn from normal(1.0) (``query_std``), the scale of LayerNorm outputs.
+* ``DptrRecognizer``: the three, with parameter subtrees ``encoder``, ``fmu`` and ``decoder`` (the pre-training
+  model's ``decoder`` subtree has the same names, so fine-tuning copies it over).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from clip_text_spot.data.rec_labels import Charset
+from clip_text_spot.models.dptr.config import DecoderConfig, EncoderConfig
+from clip_text_spot.models.dptr.nrtr import NrtrDecoder
+from clip_text_spot.models.dptr.parseq import ParseqDecoder, apply_dropout, dropout, learned_positions, torch_mha_init
+from clip_text_spot.models.layers import MLP, Attention, Dtype, Encoder, layer_norm
+
+Decoder = ParseqDecoder | NrtrDecoder
+
+
+def build_decoder(cfg: DecoderConfig, charset: Charset, *, rngs: nnx.Rngs, dtype: Dtype = None) -> Decoder:
+    """The decoder named by ``cfg.kind`` over ``charset``'s token layout (EOS 0, chars, BOS, PAD)."""
+    if cfg.max_len != charset.max_len:
+        raise ValueError(f"decoder max_len {cfg.max_len} differs from the charset's max_len {charset.max_len}")
+    klass = ParseqDecoder if cfg.kind == "parseq" else NrtrDecoder
+    return klass(
+        cfg,
+        charset.num_tokens,
+        charset.num_classes,
+        bos=charset.BOS,
+        pad=charset.PAD,
+        eos=charset.EOS,
+        rngs=rngs,
+        dtype=dtype,
+    )
+
+
+class RecViT(nnx.Module):
+    """ViT for word crops [B, H, W, 3] in [-1, 1] -> [B, (H/ph) * (W/pw), width]."""
+
+    def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs, dtype: Dtype = None):
+        self.cfg = cfg
+        self.patch_embed = nnx.Conv(
+            3,
+            cfg.width,
+            kernel_size=cfg.patch_size,
+            strides=cfg.patch_size,
+            padding="VALID",
+            dtype=dtype,
+            rngs=rngs,
+            kernel_init=nnx.with_partitioning(nnx.initializers.normal(0.02), (None, None, "conv_in", "embed")),
+            bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)),
+        )
+        self.pos_embed = learned_positions(cfg.num_patches, cfg.width, rngs=rngs)
+        self.blocks = Encoder(
+            cfg.width, cfg.depth, cfg.heads, cfg.width * cfg.mlp_ratio, "gelu", rngs=rngs, dtype=dtype
+        )
+        self.norm = layer_norm(cfg.width, rngs=rngs, dtype=dtype)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        if tuple(images.shape[1:3]) != tuple(self.cfg.image_size):
+            raise ValueError(
+                f"images: expected [B, {self.cfg.image_size[0]}, {self.cfg.image_size[1]}, 3], got "
+                f"{tuple(images.shape)}"
+            )
+        x = self.patch_embed(images)
+        b, h, w, d = x.shape
+        x = x.reshape(b, h * w, d) + self.pos_embed[...].astype(x.dtype)
+        return self.norm(self.blocks(x))
+
+
+class FeatureMergeUnit(nnx.Module):
+    """``steps`` learned queries cross-attending to image features, then a pre-LN MLP (see module docstring)."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        steps: int,
+        kv_dim: int,
+        *,
+        rate: float,
+        rngs: nnx.Rngs,
+        dtype: Dtype = None,
+        query_std: float = 1.0,
+    ):
+        init = nnx.with_partitioning(nnx.initializers.normal(query_std), (None, None, "embed"))
+        self.token_query = nnx.Param(init(rngs.params(), (1, steps, dim)))
+        self.cross_attn = torch_mha_init(Attention(dim, heads, rngs=rngs, dtype=dtype, kv_dim=kv_dim), rngs)
+        self.norm = layer_norm(dim, rngs=rngs, dtype=dtype)
+        self.mlp = MLP(dim, 4 * dim, "gelu", rngs=rngs, dtype=dtype, dropout=rate)
+        self.drop = dropout(rate)
+
+    def __call__(self, features: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        q = jnp.broadcast_to(self.token_query[...], (features.shape[0], *self.token_query.shape[1:]))
+        q = q.astype(features.dtype)
+        q = q + apply_dropout(self.drop, self.cross_attn(q, features), rngs)
+        return q + apply_dropout(self.drop, self.mlp(self.norm(q), rngs), rngs)
+
+
+class DptrRecognizer(nnx.Module):
+    """Images -> ``encoder`` -> ``fmu`` -> ``decoder`` (fine-tuning and inference model)."""
+
+    def __init__(
+        self, encoder: EncoderConfig, decoder: DecoderConfig, charset: Charset, *, rngs: nnx.Rngs, dtype: Dtype = None
+    ):
+        self.encoder = RecViT(encoder, rngs=rngs, dtype=dtype)
+        self.fmu = FeatureMergeUnit(
+            decoder.dim, decoder.heads, decoder.steps, encoder.width, rate=decoder.dropout, rngs=rngs, dtype=dtype
+        )
+        self.decoder = build_decoder(decoder, charset, rngs=rngs, dtype=dtype)
+
+    def memory(self, images: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """The decoder's memory [B, steps, dim] for images [B, H, W, 3]."""
+        return self.fmu(self.encoder(images), rngs)
+
+    def loss(self, batch: dict[str, jax.Array], rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
+        """(decoder loss, canonical logits) for ``batch["image"]`` and its targets."""
+        return self.decoder.loss(self.memory(batch["image"], rngs), batch, rngs)
+
+    def predict(self, images: jax.Array) -> jax.Array:
+        """Logits [B, steps, C] after AR decoding (and refinement for PARSeq)."""
+        return self.decoder.predict(self.memory(images))

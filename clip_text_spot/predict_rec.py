@@ -1,0 +1,133 @@
+"""Read word crops with a fine-tuned DPTR recogniser.
+
+    python -m clip_text_spot.predict_rec --workdir=DIR | --checkpoint=DIR [IMAGE_OR_DIR ...] [--lmdb=DIR]
+        [--labels=FILE] [--output=FILE] [--best] [--batch_size=64] [--convention=parseq]
+
+``--workdir``: a training workdir (its latest checkpoint, or the best one with ``--best``; for a multi-stage demo
+workdir, its ``finetune`` stage); ``--checkpoint``: a workdir or one step directory (``WORKDIR/ckpt/<step>``).
+Inputs: image files and folders (searched recursively; names relative to the folder, or the file's base name),
+an LMDB (``--lmdb``; names ``image-%09d``, its labels are used) and/or a labels file (``--labels``:
+``name<TAB>label`` or ``name label`` lines, the format ``evaluate rec`` reads; with no image argument, the crops it
+lists are read from its folder). Each prediction is printed as ``name<TAB>text``; ``--output`` writes the same TSV,
+ready for ``python -m clip_text_spot.evaluate rec --gt LABELS --pred FILE``. When labels are known, word accuracy
+and 1-NED are computed (``clip_text_spot.metrics.recognition``, PARSeq convention by default). The last stdout line
+is a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def collect_images(args: list[str]) -> list[tuple[str, bytes]]:
+    """(name, encoded bytes) of the image files named by ``args`` (files, or folders searched recursively)."""
+    out = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise FileNotFoundError(f"{arg}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            out += [(p.relative_to(path).as_posix(), p.read_bytes()) for p in files]
+        elif path.is_file():
+            out.append((path.name, path.read_bytes()))
+        else:
+            raise FileNotFoundError(f"{arg}: no such file or directory")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="*", help="word-crop images or folders of them")
+    parser.add_argument("--workdir", help="training workdir (latest checkpoint; --best for the best one)")
+    parser.add_argument("--checkpoint", help="a workdir or a step directory WORKDIR/ckpt/<step>")
+    parser.add_argument("--best", action="store_true", help="with --workdir: use the best-eval checkpoint")
+    parser.add_argument("--lmdb", help="recognition LMDB (PARSeq layout) to read crops and labels from")
+    parser.add_argument("--labels", help="labels file (name<TAB>label or 'name label' lines)")
+    parser.add_argument("--output", help="write predictions here as name<TAB>text lines")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--convention", default="parseq", help="metric convention (clip_text_spot.evaluate rec)")
+    args = parser.parse_args(argv)
+    if bool(args.workdir) == bool(args.checkpoint):
+        parser.error("give exactly one of --workdir and --checkpoint")
+    if not (args.inputs or args.lmdb or args.labels):
+        parser.error("give images or folders, --lmdb or --labels")
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flax import nnx
+
+    from clip_text_spot.data.readers import read_crop_folder, read_lmdb
+    from clip_text_spot.dptr.predict import crop_pixels, predict_texts, score
+    from clip_text_spot.dptr.weights import flat_params, read_config, read_params, resolve_step_dir
+    from clip_text_spot.metrics.recognition import read_labels
+    from clip_text_spot.models.clip.convert import assign_flat
+    from clip_text_spot.tasks.dptr import DptrFinetuneTask
+
+    start = time.perf_counter()
+    step_dir = resolve_step_dir(args.workdir or args.checkpoint, prefer="best" if args.best else "latest")
+    config = read_config(step_dir)
+    if config.task != "dptr_finetune":
+        raise ValueError(f"{step_dir} holds a {config.task!r} model; predict_rec needs a dptr_finetune checkpoint")
+    task = DptrFinetuneTask(config)
+    model = task.build_model(nnx.Rngs(0))
+    assign_flat(model, flat_params(read_params(step_dir)), str(step_dir))
+    model.eval()
+
+    items = collect_images(args.inputs)
+    labels: dict[str, str] = {}
+    if args.lmdb:
+        for sample in read_lmdb(args.lmdb):
+            items.append((sample.name, sample.image))
+            labels[sample.name] = sample.label
+    if args.labels:
+        if not args.inputs:
+            items += [(s.name, s.image) for s in read_crop_folder(args.labels)]
+        listed = read_labels(args.labels)
+        by_base = {Path(k).name: v for k, v in listed.items()}  # bare image files match by base name
+        for name, _ in items:
+            if name in listed or Path(name).name in by_base:
+                labels[name] = listed.get(name, by_base.get(Path(name).name))
+
+    names = [name for name, _ in items]
+    if len(set(names)) != len(names):
+        raise ValueError("two inputs have the same name; pass them separately or give distinct folders")
+    pixels = []
+    for name, data in items:
+        try:
+            pixels.append(crop_pixels(data, task.encoder_cfg.image_size))
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+    pixels = np.stack(pixels)
+    predict = nnx.jit(lambda m, x: m.predict(x))
+    texts = predict_texts(predict, model, pixels, task.charset, args.batch_size)
+    lines = [f"{name}\t{text}" for name, text in zip(names, texts, strict=True)]
+    print("\n".join(lines))
+    if args.output:
+        Path(args.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = {"images": len(items), "checkpoint": str(step_dir), "seconds": round(time.perf_counter() - start, 2)}
+    scored = {name: labels[name] for name in names if name in labels}
+    if scored:
+        result = score(scored, dict(zip(names, texts, strict=True)), args.convention)
+        summary.update(convention=args.convention, **result)
+    if args.output:
+        summary["output"] = args.output
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
