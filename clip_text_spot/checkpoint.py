@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 def save_tree(directory: str, tree: Any) -> None:
@@ -28,6 +30,30 @@ def restore_tree(directory: str, abstract_tree: Any) -> Any:
     )
     with ocp.StandardCheckpointer() as ckptr:
         return ckptr.restore(directory, target)
+
+
+def rescale_data_state(state: Any, saved_processes: int, processes: int) -> Any | None:
+    """A per-process grain iterator state (of process 0) written with ``saved_processes`` processes, moved to
+    ``processes``: every ``next_index`` (elements this process consumed of its ``index::count`` shard) is scaled by
+    ``saved / processes``, so each process resumes at the same global sample as before. The pipelines of
+    ``clip_text_spot.data.pipeline`` shard elements round-robin and batch per process, so the global batches are the
+    same samples whatever the process count. Returns None for states it does not know (e.g. multiprocessing
+    workers) or positions that do not divide."""
+    if isinstance(state, dict):
+        if any(k.startswith("workers") for k in state):
+            return None
+        out = {}
+        for key, value in state.items():
+            if key == "next_index":
+                if not isinstance(value, int) or value * saved_processes % processes:
+                    return None
+                out[key] = value * saved_processes // processes
+            else:
+                out[key] = rescale_data_state(value, saved_processes, processes)
+                if out[key] is None and value is not None:
+                    return None
+        return out
+    return state
 
 
 class TrainCheckpointer:
@@ -75,13 +101,33 @@ class TrainCheckpointer:
         return True
 
     def restore(self, step: int, abstract_state: Any, data_iter: Any = None) -> tuple[Any, dict]:
-        """(state, meta) at ``step``; the data iterator (if given) is restored in place."""
+        """(state, meta) at ``step``; the data iterator (if given) is restored in place.
+
+        A checkpoint written by another number of processes (``meta["process_count"]``) restores its state onto
+        this run's shardings as any other; the data position is then carried over by ``rescale_data_state``.
+        """
         import grain
 
+        saved = self.read_meta(step).get("process_count", jax.process_count())
         items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-        if data_iter is not None:
+        same_layout = saved == jax.process_count()
+        if data_iter is not None and same_layout:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         out = self.latest.restore(step, args=ocp.args.Composite(**items))
+        if data_iter is not None and not same_layout:
+            path = os.path.join(str(self.latest.directory), str(step), "data_iter", f"process_0-of-{saved}.json")
+            with open(path) as f:
+                state = rescale_data_state(json.load(f), saved, jax.process_count())
+            if state is None:
+                logging.warning(
+                    "%s: written by %d processes, restored on %d; this data pipeline's state cannot be carried "
+                    "over, so its data starts again from the beginning of the seed's stream",
+                    path,
+                    saved,
+                    jax.process_count(),
+                )
+            else:
+                data_iter.set_state(state)
         return out["state"], out["meta"]
 
     def restore_subset(self, step: int, target: Any, best: bool = False) -> tuple[Any, dict]:

@@ -2,7 +2,11 @@
 
 The config file's ``get_config(arg)`` returns an ``ml_collections.ConfigDict``; any field can be overridden on the
 command line (``--config.total_steps=100``). Running again with the same ``--workdir`` resumes from its latest
-checkpoint. ``--distributed`` calls ``jax.distributed.initialize()`` first (TPU pods, SLURM, Open MPI).
+checkpoint. ``--distributed`` calls ``jax.distributed.initialize()`` first: auto-detected on TPU pods, SLURM
+(``srun``) and Open MPI; elsewhere give ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or
+``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES``, ``$JAX_PROCESS_ID``); see ``launch/``. ``--dry_run`` prints the
+parameter and optimizer-state bytes per device for the configured mesh (abstract: no memory, no data) and exits;
+simulate N devices on a CPU with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``.
 
 Multi-stage configs (e.g. DPTR's pre-training then fine-tuning) set ``config.stages = ("a", "b")`` and hold one full
 config per stage (``config.a``, ``config.b``); stage ``a`` checkpoints in ``WORKDIR/a``, all stages log to
@@ -25,21 +29,32 @@ from clip_text_spot import logs
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and pictures go.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() before anything else.")
-flags.mark_flags_as_required(["config", "workdir"])
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "--distributed: HOST:PORT of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--distributed: how many processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process's index.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print parameter/optimizer bytes per device as JSON and exit.")
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if not _DISTRIBUTED.value and explicit != (None, None, None):
+        raise app.UsageError("--coordinator_address/--num_processes/--process_id need --distributed")
+    if _WORKDIR.value is None and not _DRY_RUN.value:
+        raise app.UsageError("--workdir is required (except with --dry_run)")
     logs.quiet_libraries()
     import jax
 
-    if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+    from clip_text_spot import parallel
+
+    if _DISTRIBUTED.value:  # decided from flags alone: nothing may touch the devices before this
+        parallel.initialize_distributed(*explicit)
     from clip_text_spot import trainer
     from clip_text_spot.tasks import build_task
 
-    config, workdir = _CONFIG.value, _WORKDIR.value
+    config, workdir = _CONFIG.value, _WORKDIR.value or ""
     stages = list(config.get("stages", ())) or [None]
     summary = {}
     for stage in stages:
@@ -48,6 +63,11 @@ def main(argv: list[str]) -> None:
             task = build_task(stage_config)
         except (ValueError, FileNotFoundError) as e:
             sys.exit(f"error: {e}")
+        if _DRY_RUN.value:
+            report = trainer.memory_report(trainer.setup(stage_config, task))
+            if jax.process_index() == 0:
+                print(json.dumps(report if stage is None else {"stage": stage, **report}))
+            continue
         result = trainer.train(
             stage_config,
             workdir if stage is None else os.path.join(workdir, stage),
@@ -62,7 +82,7 @@ def main(argv: list[str]) -> None:
             summary["stopped"] = result.stopped_early
             break
         logging.info("done: %s", summary)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not _DRY_RUN.value:
         print(json.dumps(summary))
 
 

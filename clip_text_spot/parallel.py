@@ -7,12 +7,16 @@ Model parameters carry logical axis names (``embed``, ``mlp``, ``heads``, ``voca
     config.sharding_rules = [("embed", "fsdp"), ("mlp", "model"), ("heads", "model"), ...]
 
 A logical axis is sharded over its mesh axes only where the dimension divides evenly; otherwise that dimension
-stays replicated (so any rule set is safe on any mesh). Batches are split over ``BATCH_AXES``.
+stays replicated (so any rule set is safe on any mesh). Vectors (biases, norm scales) are never split over ``fsdp``:
+FSDP is for the memory of weight matrices, and a sharded bias only adds an all-gather per step. Batches are split
+over ``BATCH_AXES``.
 """
 
 from __future__ import annotations
 
+import collections
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +29,21 @@ MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
 
 Rules = Sequence[tuple[str, str | Sequence[str] | None]]
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
+    """``jax.distributed.initialize`` (call before anything touches devices) with these values where given.
+
+    Unset ones come from ``$JAX_NUM_PROCESSES`` / ``$JAX_PROCESS_ID`` (ours) and ``$JAX_COORDINATOR_ADDRESS``,
+    ``$JAX_COORDINATOR_PORT``, ``$JAX_LOCAL_DEVICE_IDS`` (JAX's), else from JAX's cluster auto-detection (Cloud TPU,
+    SLURM inside ``srun``, Open MPI).
+    """
+    env = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+    given = {"num_processes": num_processes, "process_id": process_id}
+    kwargs = {k: int(os.environ[env[k]]) if v is None and env[k] in os.environ else v for k, v in given.items()}
+    jax.distributed.initialize(coordinator_address=coordinator_address, **kwargs)
 
 
 def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -62,19 +81,19 @@ def logical_to_mesh_spec(
 ) -> PartitionSpec:
     """PartitionSpec for an array of ``shape`` with logical axis names ``logical`` (None: replicated).
 
-    Mesh axes of size 1, axes already used by an earlier dimension, and shardings that do not divide the
-    dimension are dropped.
+    Mesh axes of size 1, axes already used by an earlier dimension, shardings that do not divide the dimension, and
+    ``fsdp`` on arrays of fewer than 2 dimensions are dropped.
     """
     if not logical:
         return PartitionSpec()
     table = dict(rules)
-    used: set[str] = set()
+    taken: set[str] = set() if len(shape) > 1 else {"fsdp"}  # mesh axes no dimension may use (any more)
     out = []
     for name, dim in zip(logical, shape, strict=True):
-        axes = [a for a in _mesh_axes_for(name, table) if a not in used and mesh.shape[a] > 1]
+        axes = [a for a in _mesh_axes_for(name, table) if a not in taken and mesh.shape[a] > 1]
         while axes and dim % math.prod(mesh.shape[a] for a in axes):
             axes.pop()
-        used.update(axes)
+        taken.update(axes)
         out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
     return PartitionSpec(*out)
 
@@ -103,6 +122,17 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def data_parallel_size(mesh: Mesh) -> int:
     """How many ways the global batch is split."""
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def bytes_per_device(tree: Any) -> collections.Counter:
+    """Bytes of the arrays in ``tree`` (``jax.Array``s or ``ShapeDtypeStruct``s with shardings) held by each device."""
+    out: collections.Counter = collections.Counter()
+    for leaf in jax.tree.leaves(tree):
+        itemsize = np.dtype(leaf.dtype).itemsize
+        for device, index in leaf.sharding.devices_indices_map(tuple(leaf.shape)).items():
+            sizes = (len(range(*s.indices(n))) for s, n in zip(index, leaf.shape, strict=True))
+            out[device] += itemsize * math.prod(sizes)
+    return out
 
 
 def global_batch(local: Any, mesh: Mesh) -> Any:

@@ -22,6 +22,7 @@ variables, e.g. BatchNorm statistics), ``opt`` (optimizer state), ``rng``, ``bad
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 import time
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from flax import nnx, traverse_util
@@ -252,6 +254,27 @@ def setup(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh
     return Setup(config, task, mesh, graphdef_train, graphdef_eval, tx, state_sh, abstract_state, step_fn)
 
 
+def memory_report(run: Setup) -> dict[str, Any]:
+    """Parameter and optimizer-state bytes of ``run``'s train state: totals and what each device of the mesh holds
+    (from the abstract state's shardings; nothing is allocated)."""
+
+    def nbytes(tree: Any) -> int:
+        return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+    params, opt = run.abstract_state["params"], run.abstract_state["opt"]
+    per_params, per_opt = parallel.bytes_per_device(params), parallel.bytes_per_device(opt)
+    return {
+        "mesh": dict(run.mesh.shape),
+        "num_params": sum(math.prod(x.shape) for x in jax.tree.leaves(params)),
+        "params_bytes": nbytes(params),
+        "opt_bytes": nbytes(opt),
+        "per_device": [
+            {"device": d.id, "process": d.process_index, "params_bytes": per_params[d], "opt_bytes": per_opt[d]}
+            for d in run.mesh.devices.flat
+        ],
+    }
+
+
 def train(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -290,7 +313,7 @@ def train(
 
     # -- the loop -------------------------------------------------------------------------------------------------
     writer = logs.MetricWriter(log_dir or workdir, tensorboard=bool(config.get("tensorboard", True)), tags=tags)
-    meta = {"config": config.to_dict()}
+    meta = {"config": config.to_dict(), "process_count": jax.process_count()}
     eval_every, log_every = int(config.eval_every), int(config.log_every)
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}

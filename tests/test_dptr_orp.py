@@ -52,8 +52,20 @@ def test_orp_sampler_pickles_by_path_and_checks_sizes(bank_file):
     sampler = OrpSampler(bank_file, tokens=78)
     sampler.sample(2, np.random.default_rng(0))
     assert len(pickle.dumps(sampler)) < 2000  # the bank data does not travel to data workers
-    with pytest.raises(ValueError, match="at least the per-process batch size 9"):
+    with pytest.raises(ValueError, match="at least the global batch size 9"):
         sampler.sample(9, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="at least the global batch size 10"):
+        sampler.sample(5, np.random.default_rng(0), process_index=1, process_count=2)
+
+
+def test_orp_process_shards_reassemble_the_single_process_draw(bank_file):
+    """Process p keeps rows p::P of the global draw, so P processes (same rng) give a single process's batch."""
+    for shared in (True, False):
+        sampler = OrpSampler(bank_file, lam=1.0, tokens=78, shared_tokens=shared)
+        whole = sampler.sample(6, np.random.default_rng(3))
+        parts = [sampler.sample(2, np.random.default_rng(3), process_index=p, process_count=3) for p in range(3)]
+        for p, part in enumerate(parts):
+            np.testing.assert_array_equal(part, whole[p::3])
     with pytest.raises(ValueError, match="fewer than the 200 to sample"):
         OrpSampler(bank_file, tokens=200)
 

@@ -61,6 +61,8 @@ class BatchExtras:
 
     decoder: DecoderConfig
     orp: OrpSampler | None = None
+    process_index: int = 0  # ORP draws for the global batch and keeps this process's rows
+    process_count: int = 1
 
     def __call__(self, batch: Batch, rng: np.random.Generator) -> Batch:
         batch = dict(batch)
@@ -77,7 +79,7 @@ class BatchExtras:
                 )
             )
         if self.orp is not None:
-            batch["orp_noise"] = self.orp.sample(size, rng)
+            batch["orp_noise"] = self.orp.sample(size, rng, self.process_index, self.process_count)
         return batch
 
 

@@ -102,19 +102,29 @@ class OrpSampler:
             state["_bank"] = None
         return state
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-        """``lam * bank[images[:, None], tokens]`` [batch_size, tokens, D] in the bank's dtype."""
+    def sample(
+        self, batch_size: int, rng: np.random.Generator, process_index: int = 0, process_count: int = 1
+    ) -> np.ndarray:
+        """``lam * bank[images[:, None], tokens]`` [batch_size, tokens, D] in the bank's dtype.
+
+        The draw is for the global batch of ``batch_size * process_count`` samples (distinct images across all of
+        it); this process keeps rows ``process_index::process_count``, which are its samples when elements are
+        sharded round-robin (``clip_text_spot.data.pipeline``). With the same ``rng`` on every process the global
+        batch gets the noise a single process would draw."""
         bank = self.bank
         n, total, _ = bank.shape
-        if n < batch_size:
+        rows = batch_size * process_count
+        if n < rows:
             raise ValueError(
                 f"{self.path or 'ORP bank'} has {n} images; one distinct image per sample needs at least "
-                f"the per-process batch size {batch_size}"
+                f"the global batch size {rows}"
             )
-        images = rng.choice(n, size=batch_size, replace=False)
+        images = rng.choice(n, size=rows, replace=False)
         if self.shared_tokens:
             tokens = rng.choice(total, size=self.tokens, replace=False)[None, :]
         else:
-            tokens = np.stack([rng.choice(total, size=self.tokens, replace=False) for _ in range(batch_size)])
+            tokens = np.stack([rng.choice(total, size=self.tokens, replace=False) for _ in range(rows)])
+            tokens = tokens[process_index::process_count]
+        images = images[process_index::process_count]
         noise = bank[images[:, None], tokens]
         return (noise * np.asarray(self.lam, noise.dtype)).astype(bank.dtype)

@@ -234,7 +234,7 @@ class DptrPretrainTask(_DptrTask):
         return make_pretrain_iter(
             labels,
             transform,
-            BatchExtras(self.decoder_cfg, self.orp),
+            BatchExtras(self.decoder_cfg, self.orp, process_index, process_count),
             batch_size=self.config.batch_size // process_count,
             seed=seed,
             process_index=process_index,
