@@ -117,7 +117,10 @@ def test_representative_specs(full_shardings):
 def test_memory_report_matches_the_shardings(full_shardings, name):
     """Bytes per device from the report = what the specs imply, parameter by parameter (float32)."""
     rows, memory = full_shardings[name]["params"], full_shardings[name]["memory"]
-    expected = sum(4 * math.prod(shape) // math.prod(MESH[a] for e in spec for a in _axes(e)) for _, shape, _, spec in rows)
+    def shard_bytes(shape, spec):
+        return 4 * math.prod(shape) // math.prod(MESH[a] for entry in spec for a in _axes(entry))
+
+    expected = sum(shard_bytes(shape, spec) for _, shape, _, spec in rows)
     per_device = memory["per_device"]
     assert memory["mesh"] == MESH and len(per_device) == 8
     assert all(d["params_bytes"] == expected for d in per_device)
