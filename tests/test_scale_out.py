@@ -117,6 +117,7 @@ def test_representative_specs(full_shardings):
 def test_memory_report_matches_the_shardings(full_shardings, name):
     """Bytes per device from the report = what the specs imply, parameter by parameter (float32)."""
     rows, memory = full_shardings[name]["params"], full_shardings[name]["memory"]
+
     def shard_bytes(shape, spec):
         return 4 * math.prod(shape) // math.prod(MESH[a] for entry in spec for a in _axes(entry))
 
