@@ -1,14 +1,24 @@
-"""Orbax checkpoint I/O: parameter trees written by ``convert`` (and read back onto any sharding)."""
+"""Orbax checkpoint I/O: parameter trees written by ``convert`` (and read back onto any sharding), the trainer's
+checkpoints (``TrainCheckpointer``), and readers of one trainer step directory for inference and weight transfer.
+
+A trainer step directory (``WORKDIR/ckpt/<step>`` or ``WORKDIR/best/<step>``) holds ``state`` (the train state:
+``params`` and ``rest`` are ``nnx.to_pure_dict`` of the model's ``nnx.Param`` and other state), ``meta`` (JSON: the
+run's config) and, in ``ckpt``, ``data_iter``. ``read_step_arrays`` reads one subtree of ``state`` (orbax partial
+restore, as numpy arrays), so e.g. the optimizer state and frozen CLIP weights are never loaded.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import traverse_util
 
 
 def save_tree(directory: str, tree: Any) -> None:
@@ -130,14 +140,6 @@ class TrainCheckpointer:
                 data_iter.set_state(state)
         return out["state"], out["meta"]
 
-    def restore_subset(self, step: int, target: Any, best: bool = False) -> tuple[Any, dict]:
-        """(the parts of the train state named in ``target`` — e.g. params only — , meta) at ``step``."""
-        mngr = self.best if best else self.latest
-        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-        state = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
-        out = mngr.restore(step, args=ocp.args.Composite(state=state, meta=ocp.args.JsonRestore()))
-        return out["state"], out["meta"]
-
     def read_meta(self, step: int, best: bool = False) -> dict:
         """The JSON metadata (``{"config": ...}``) saved with ``step``."""
         mngr = self.best if best else self.latest
@@ -150,3 +152,70 @@ class TrainCheckpointer:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _steps(manager_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in manager_dir.iterdir() if p.name.isdigit() and (p / "state").is_dir())
+
+
+def resolve_step_dir(path: str | Path, prefer: str = "latest", stage: str | None = None) -> Path:
+    """The step directory meant by ``path``: a step directory itself; a checkpoint folder (``ckpt``/``best``) ->
+    its last step; a workdir -> ``best`` or ``ckpt`` per ``prefer`` (falling back to the other); a multi-stage
+    workdir (no ``ckpt`` of its own) -> the same inside its ``stage`` subfolder."""
+    if prefer not in ("latest", "best"):
+        raise ValueError(f"prefer must be 'latest' or 'best', got {prefer!r}")
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint path {path} is not a directory")
+    if (path / "state").is_dir():
+        return path
+    if steps := _steps(path):
+        return path / str(steps[-1])
+    order = ("ckpt", "best") if prefer == "latest" else ("best", "ckpt")
+    for name in order:
+        if (path / name).is_dir() and (steps := _steps(path / name)):
+            return path / name / str(steps[-1])
+    if stage and (path / stage).is_dir():
+        return resolve_step_dir(path / stage, prefer)
+    raise FileNotFoundError(
+        f"{path}: no trainer checkpoint (expected ckpt/<step>, best/<step> or <step>/state; train with "
+        "clip_text_spot.main)"
+    )
+
+
+def read_step_config(step_dir: str | Path) -> dict:
+    """The config a trainer checkpoint was saved with (its ``meta``), as a plain dict."""
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(Path(step_dir).absolute() / "meta")
+    if "config" not in meta:
+        raise ValueError(f"{step_dir}/meta has no 'config'; not a trainer checkpoint")
+    return meta["config"]
+
+
+def read_step_arrays(step_dir: str | Path, keys: tuple[str, ...] = ("params",)) -> dict[str, Any]:
+    """``state[keys...]`` of a trainer checkpoint as a nested dict of numpy arrays (``{}`` if stored empty)."""
+    state_dir = Path(step_dir).absolute() / "state"
+    ckptr = ocp.PyTreeCheckpointer()
+    node = ckptr.metadata(state_dir).item_metadata.tree
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            if key == keys[-1] and isinstance(node, dict) and len(keys) == 1:
+                return {}  # e.g. a model without non-parameter state saves no "rest" leaves
+            raise KeyError(f"{step_dir}: the checkpoint has no arrays under {'/'.join(keys)}")
+        node = node[key]
+    if not jax.tree.leaves(node):
+        return {}
+    target: dict[str, Any] = node
+    for key in reversed(keys):
+        target = {key: target}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    out = ckptr.restore(
+        state_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+    )
+    for key in keys:
+        out = out[key]
+    return out
+
+
+def flat_names(tree: dict[str, Any]) -> dict[str, Any]:
+    """A nested dict of arrays as ``/``-joined names (the form ``models.clip.convert.assign_flat`` copies)."""
+    return {"/".join(str(p) for p in k): v for k, v in traverse_util.flatten_dict(tree).items()}

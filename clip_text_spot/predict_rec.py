@@ -70,22 +70,23 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from flax import nnx
 
+    from clip_text_spot import checkpoint
     from clip_text_spot.data.readers import read_crop_folder, read_lmdb
     from clip_text_spot.dptr.predict import crop_pixels, predict_texts, score
-    from clip_text_spot.dptr.weights import flat_params, read_config, read_params, resolve_step_dir
     from clip_text_spot.metrics.recognition import read_labels
-    from clip_text_spot.models.clip.convert import assign_flat
     from clip_text_spot.tasks.dptr import DptrFinetuneTask
+    from clip_text_spot.trainer import restore_model
 
     start = time.perf_counter()
-    step_dir = resolve_step_dir(args.workdir or args.checkpoint, prefer="best" if args.best else "latest")
-    config = read_config(step_dir)
-    if config.task != "dptr_finetune":
-        raise ValueError(f"{step_dir} holds a {config.task!r} model; predict_rec needs a dptr_finetune checkpoint")
-    task = DptrFinetuneTask(config)
-    model = task.build_model(nnx.Rngs(0))
-    assign_flat(model, flat_params(read_params(step_dir)), str(step_dir))
-    model.eval()
+    path = args.workdir or args.checkpoint
+    step_dir = checkpoint.resolve_step_dir(path, "best" if args.best else "latest", stage="finetune")
+
+    def finetune_task(config):
+        if config.task != "dptr_finetune":
+            raise ValueError(f"{step_dir} holds a {config.task!r} model; predict_rec needs a dptr_finetune checkpoint")
+        return DptrFinetuneTask(config)
+
+    _, task, model, _ = restore_model(str(step_dir), build_task=finetune_task)
 
     items = collect_images(args.inputs)
     labels: dict[str, str] = {}

@@ -396,30 +396,28 @@ def _progress(start: int, total: int, enabled: bool) -> Callable[[int | None, di
 
 
 def restore_model(
-    workdir: str, *, best: bool = False, step: int | None = None, build_task: Callable | None = None
+    path: str, *, best: bool = False, stage: str | None = None, build_task: Callable | None = None
 ) -> tuple[ml_collections.ConfigDict, Task, nnx.Module, int]:
-    """(config, task, model in eval mode, step) from a training workdir's checkpoint (latest, or the best one).
+    """(config, task, model in eval mode, step) from a trainer checkpoint: a workdir (its latest checkpoint, or the
+    best one), a ``ckpt``/``best`` folder or one step directory; a multi-stage workdir's ``stage``
+    (``checkpoint.resolve_step_dir``).
 
     The config is the one saved with the checkpoint; ``build_task`` (default ``clip_text_spot.tasks.build_task``)
-    turns it into the task that builds the model. Only parameters and model statistics are read, onto the default
-    device, whatever mesh the run trained on.
+    turns it into the task that builds the model. Only parameters and model statistics are read, as host arrays,
+    whatever mesh or process count the run trained on; a tensor the model lacks, misses or shapes differently is an
+    error naming it.
     """
     if build_task is None:
         from clip_text_spot.tasks import build_task
-    ckpt = checkpoint.TrainCheckpointer(workdir, save_every=1, async_save=False)
-    mngr = ckpt.best if best else ckpt.latest
-    step = step if step is not None else mngr.latest_step()
-    if step is None:
-        raise FileNotFoundError(
-            f"{workdir}: no {'best' if best else 'ckpt'} checkpoint (train with clip_text_spot.main)"
-        )
-    config = ml_collections.ConfigDict(ckpt.read_meta(step, best)["config"])
+    from clip_text_spot.models.clip.convert import assign_flat
+
+    step_dir = checkpoint.resolve_step_dir(path, "best" if best else "latest", stage)
+    config = ml_collections.ConfigDict(checkpoint.read_step_config(step_dir))
     task = build_task(config)
-    abstract = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0)))
-    abstract.eval()
-    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    to_struct = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
-    target = {"params": jax.tree.map(to_struct, _pure(params)), "rest": jax.tree.map(to_struct, _pure(rest))}
-    state, _ = ckpt.restore_subset(step, target, best)
-    ckpt.close()
-    return config, task, nnx.merge(graphdef, state["params"], state["rest"]), int(step)
+    model = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0)))
+    flat = {}
+    for part in ("params", "rest"):
+        flat |= checkpoint.flat_names(checkpoint.read_step_arrays(step_dir, (part,)))
+    assign_flat(model, flat, str(step_dir))
+    model.eval()
+    return config, task, model, int(step_dir.name)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from clip_text_spot.checkpoint import TrainCheckpointer
-from clip_text_spot.dptr.weights import read_config, resolve_step_dir
+from clip_text_spot.checkpoint import TrainCheckpointer, read_step_config, resolve_step_dir
 from clip_text_spot.models.clip import CheckpointMismatchError
 from clip_text_spot.tasks.dptr import DptrFinetuneTask, DptrPretrainTask
 from configs.dptr import get_config
@@ -77,7 +76,7 @@ def test_checkpoint_lookup_and_config(pretrain_workdir):
     assert resolve_step_dir(workdir / "pretrain") == step_dir
     assert resolve_step_dir(workdir, stage="pretrain") == step_dir
     assert resolve_step_dir(step_dir) == step_dir
-    assert read_config(step_dir).task == "dptr_pretrain"
+    assert read_step_config(step_dir)["task"] == "dptr_pretrain"
     with pytest.raises(FileNotFoundError, match="no trainer checkpoint"):
         resolve_step_dir(workdir / "pretrain" / "ckpt" / "7" / "meta")
 

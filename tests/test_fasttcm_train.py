@@ -1,9 +1,14 @@
 """FastTCM-DBNet through the trainer core: shapes, frozen text tower, text cache, overfitting, exact resume."""
 
+import json
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import DATA
 from flax import nnx
 
 from clip_text_spot import checkpoint, parallel, trainer
@@ -126,6 +131,36 @@ def test_resume_gives_the_same_next_step_loss(run, tmp_path):
     restored, meta = ckpt.restore(ckpt.latest_step(), run.abstract_state, data)
     ckpt.close()
     assert int(restored["step"]) == 2 and meta["config"]["task"] == "fasttcm"
+    want = checkpoint.flat_names(jax.tree.map(np.asarray, restored["params"]))  # (the step donates `restored`)
     with jax.set_mesh(run.mesh):
         _, got = run.step_fn(restored, parallel.global_batch(next(data), run.mesh))
     np.testing.assert_allclose(float(got["loss"]), expected, rtol=1e-6)
+
+    # the inference path (predict) reads the same weights from the same directory
+    _, _, model, step = trainer.restore_model(str(tmp_path))
+    assert step == 2
+    got_params = checkpoint.flat_names(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    assert set(got_params) == set(want)
+    for key, value in want.items():
+        np.testing.assert_array_equal(np.asarray(got_params[key]), value, err_msg=key)
+
+
+def test_predict_cli_on_real_images(run, tmp_path):
+    """predict on two real ICDAR2015 images from a (briefly trained) checkpoint: a JSON and a PNG per image."""
+    state = run.init_state()
+    ckpt = checkpoint.TrainCheckpointer(str(tmp_path / "run"), save_every=1, async_save=False)
+    ckpt.save(1, state, None, {"config": run.config.to_dict()}, force=True)
+    ckpt.close()
+    images = [str(DATA / "readers" / "det_toy" / "imgs" / "test" / f"img_{i}.jpg") for i in (1, 2)]
+    out = tmp_path / "pred"
+    cmd = [sys.executable, "-m", "clip_text_spot.predict", f"--workdir={tmp_path / 'run'}", *images,
+           f"--output={out}", f"--submission={tmp_path / 'res.zip'}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for i in (1, 2):
+        rows = json.loads((out / f"img_{i}.json").read_text())
+        assert isinstance(rows, list | dict)
+        assert (out / f"img_{i}.png").stat().st_size > 1000
+    assert (tmp_path / "res.zip").stat().st_size > 0
+    proc = subprocess.run([*cmd[:4], str(tmp_path / "missing.jpg")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "missing.jpg: no such file or directory" in proc.stderr

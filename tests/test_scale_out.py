@@ -156,8 +156,9 @@ def _main(args, *, devices, processes=1, timeout=600):
 
 def test_two_processes_then_one_process_on_another_mesh(tmp_path):
     """2 processes x 4 devices train 3 steps and checkpoint; 1 process x 8 devices (another mesh) restores and
-    trains step 4. Its step-4 loss equals an uninterrupted 1-process run's: same weights, same global batch."""
-    common = ["--config=configs/clip_demo.py:batch=8", "--config.log_every=1", "--config.eval_every=100",
+    trains step 4. Its step-4 loss equals an uninterrupted 1-process run's: same weights, same global batch.
+    The uninterrupted run is also the main job's smoke test: evaluation, latest and best checkpoints, summary."""
+    common = ["--config=configs/clip_demo.py:batch=8", "--config.log_every=1", "--config.eval_every=4",
               "--config.ckpt_every=3", "--config.tensorboard=False", "--config.data.eval_samples=8"]  # fmt: skip
     split = tmp_path / "split"
     proc = _main([*common, f"--workdir={split}", "--config.total_steps=3", "--config.mesh.data=8"], devices=4,
@@ -168,7 +169,12 @@ def test_two_processes_then_one_process_on_another_mesh(tmp_path):
                   "--config.mesh.model=2"], devices=8)  # fmt: skip
     assert "resumed from" in proc.stderr and "at step 3" in proc.stderr
     whole = tmp_path / "whole"
-    _main([*common, f"--workdir={whole}", "--config.total_steps=4"], devices=1)
+    proc = _main([*common, f"--workdir={whole}", "--config.total_steps=4"], devices=1)
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["step"] == 4
+    evals = read_metrics(str(whole), "eval")
+    assert [r["step"] for r in evals] == [4] and 0.0 <= evals[0]["retrieval_top1"] <= 1.0
+    assert (whole / "ckpt" / "4").is_dir() and (whole / "best").is_dir()
+    assert [r["step"] for r in read_metrics(str(split), "eval")] == [3, 4]  # evaluated by 2 processes, then 1
     split_rows = {r["step"]: r for r in read_metrics(str(split), "train")}
     whole_rows = {r["step"]: r for r in read_metrics(str(whole), "train")}
     assert sorted(split_rows) == sorted(whole_rows) == [1, 2, 3, 4]

@@ -30,6 +30,7 @@ from absl import logging
 from flax import nnx
 from PIL import Image
 
+from clip_text_spot import checkpoint
 from clip_text_spot.data.augment import PARSEQ_AUG
 from clip_text_spot.data.pipeline import make_rec_train_iter
 from clip_text_spot.data.readers import find_lmdb_dirs, read_crop_folder, read_lmdb
@@ -42,7 +43,6 @@ from clip_text_spot.dptr.orp import OrpSampler, clip_pixels, encode_in_batches
 from clip_text_spot.dptr.predict import crop_pixels, predict_texts, score
 from clip_text_spot.dptr.text_cache import TextMemoryCache, open_or_build_text_cache
 from clip_text_spot.dptr.text_sources import open_text_source
-from clip_text_spot.dptr.weights import flat_params, read_params, resolve_step_dir
 from clip_text_spot.models.clip import CLIP, load_pretrained, preset
 from clip_text_spot.models.clip.convert import assign_flat, model_flat_state
 from clip_text_spot.models.clip.tokenizer import CLIPTokenizer
@@ -302,9 +302,10 @@ class DptrFinetuneTask(_DptrTask):
         path = self.config.init.decoder
         if not path:
             return
-        step_dir = resolve_step_dir(path, prefer="latest", stage="pretrain")
+        step_dir = checkpoint.resolve_step_dir(path, prefer="latest", stage="pretrain")
         source = f"--config.init.decoder={path} ({step_dir})"
-        assign_flat(model.decoder, flat_params(read_params(step_dir, ("decoder",))), source)
+        decoder = checkpoint.read_step_arrays(step_dir, ("params", "decoder"))
+        assign_flat(model.decoder, checkpoint.flat_names(decoder), source)
         logging.info("decoder initialised from %s", step_dir)
 
     def _style(self) -> TextStyle:
