@@ -17,47 +17,15 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from clip_text_spot.models.dptr.config import DecoderConfig
-from clip_text_spot.models.dptr.parseq import (
-    DecoderLayer,
-    apply_dropout,
-    causal_mask,
-    dropout,
-    learned_positions,
-    token_embedding,
-)
-from clip_text_spot.models.layers import Dtype, dense, layer_norm
+from clip_text_spot.models.dptr.parseq import TokenDecoder, apply_dropout, causal_mask
 
 
-class NrtrDecoder(nnx.Module):
-    """Causal transformer decoder with the same token layout and interface as ``ParseqDecoder``."""
+class NrtrDecoder(TokenDecoder):
+    """Causal transformer decoder with the same token layout and interface as ``ParseqDecoder`` (single-stream
+    layers, input positions ``pos_embed``)."""
 
-    def __init__(
-        self,
-        cfg: DecoderConfig,
-        num_tokens: int,
-        num_classes: int,
-        *,
-        bos: int,
-        pad: int,
-        eos: int = 0,
-        rngs: nnx.Rngs,
-        dtype: Dtype = None,
-    ):
-        self.cfg = cfg
-        self.bos, self.pad, self.eos = bos, pad, eos
-        self.text_embed = token_embedding(num_tokens, cfg.dim, rngs=rngs, dtype=dtype)
-        self.pos_embed = learned_positions(cfg.steps, cfg.dim, rngs=rngs)
-        mlp_dim = cfg.dim * cfg.mlp_ratio
-        self.layers = nnx.List(
-            [
-                DecoderLayer(cfg.dim, cfg.heads, mlp_dim, cfg.dropout, rngs=rngs, dtype=dtype, two_stream=False)
-                for _ in range(cfg.depth)
-            ]
-        )
-        self.norm = layer_norm(cfg.dim, rngs=rngs, dtype=dtype)
-        self.head = dense(cfg.dim, num_classes, ("embed", "vocab"), rngs=rngs, dtype=dtype)
-        self.drop = dropout(cfg.dropout)
+    positions_name = "pos_embed"
+    two_stream = False
 
     def memory_kv(self, memory: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
         """Per-layer cross-attention keys/values of ``memory`` [B, M, dim]."""

@@ -163,8 +163,13 @@ def plm_loss(logits: jax.Array, tgt_out: jax.Array, *, eos: int, pad: int) -> tu
     return jnp.sum(ce * valid) / jnp.maximum(count, 1), count
 
 
-class ParseqDecoder(nnx.Module):
-    """PARSeq two-stream decoder; ``num_tokens`` = charset + EOS/BOS/PAD, ``num_classes`` = charset + EOS."""
+class TokenDecoder(nnx.Module):
+    """What the DPTR decoders share: token embedding, learned positions (named ``positions_name``), ``depth``
+    decoder layers (two-stream or not), final LayerNorm and head. ``num_tokens`` = charset + EOS/BOS/PAD,
+    ``num_classes`` = charset + EOS."""
+
+    positions_name = "pos_queries"
+    two_stream = True
 
     def __init__(
         self,
@@ -181,14 +186,23 @@ class ParseqDecoder(nnx.Module):
         self.cfg = cfg
         self.bos, self.pad, self.eos = bos, pad, eos
         self.text_embed = token_embedding(num_tokens, cfg.dim, rngs=rngs, dtype=dtype)
-        self.pos_queries = learned_positions(cfg.steps, cfg.dim, rngs=rngs)
+        setattr(self, self.positions_name, learned_positions(cfg.steps, cfg.dim, rngs=rngs))
         mlp_dim = cfg.dim * cfg.mlp_ratio
         self.layers = nnx.List(
-            [DecoderLayer(cfg.dim, cfg.heads, mlp_dim, cfg.dropout, rngs=rngs, dtype=dtype) for _ in range(cfg.depth)]
+            [
+                DecoderLayer(
+                    cfg.dim, cfg.heads, mlp_dim, cfg.dropout, rngs=rngs, dtype=dtype, two_stream=self.two_stream
+                )
+                for _ in range(cfg.depth)
+            ]
         )
         self.norm = layer_norm(cfg.dim, rngs=rngs, dtype=dtype)
         self.head = dense(cfg.dim, num_classes, ("embed", "vocab"), rngs=rngs, dtype=dtype)
         self.drop = dropout(cfg.dropout)
+
+
+class ParseqDecoder(TokenDecoder):
+    """PARSeq two-stream decoder (position queries ``pos_queries``)."""
 
     def _content(self, tgt_in: jax.Array) -> jax.Array:
         emb = math.sqrt(self.cfg.dim) * self.text_embed(tgt_in)
