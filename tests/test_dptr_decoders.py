@@ -33,6 +33,12 @@ def _memory(b=3, m=10):
     return jax.random.normal(jax.random.key(1), (b, m, 32))
 
 
+@nnx.jit
+def _logits(decoder, tgt_in, kv, content_mask, query_mask, queries=None):
+    """``decoder.logits`` compiled per shape (op-by-op execution of the growing contexts is slow on CPU)."""
+    return decoder.logits(tgt_in, kv, content_mask, query_mask, queries=queries)
+
+
 def _incremental_parseq(decoder, memory, refine):
     """PARSeq's forward_test, growing the context one token at a time (masks built here with numpy)."""
     b = memory.shape[0]
@@ -44,7 +50,7 @@ def _incremental_parseq(decoder, memory, refine):
     logits = []
     for i in range(STEPS):
         j = i + 1
-        out = decoder.logits(jnp.asarray(tgt_in[:, :j]), kv, ~masked[:j, :j], ~masked[i:j, :j], queries=pos[:, i:j])
+        out = _logits(decoder, jnp.asarray(tgt_in[:, :j]), kv, ~masked[:j, :j], ~masked[i:j, :j], pos[:, i:j])
         logits.append(np.asarray(out))
         if j < STEPS:
             tgt_in[:, j] = np.asarray(out)[:, 0].argmax(-1)
@@ -55,14 +61,14 @@ def _incremental_parseq(decoder, memory, refine):
         tgt_in = np.concatenate([np.full((b, 1), CHARSET.BOS), logits[:, :-1].argmax(-1)], axis=1)
         padded = np.cumsum(tgt_in == CHARSET.EOS, axis=-1) > 0
         keep = ~padded[:, None, None, :]
-        logits = np.asarray(decoder.logits(jnp.asarray(tgt_in), kv, ~masked & keep, ~query_masked & keep))
+        logits = np.asarray(_logits(decoder, jnp.asarray(tgt_in), kv, ~masked & keep, ~query_masked & keep))
     return logits
 
 
 @pytest.mark.parametrize("refine", [0, 1])
 def test_parseq_fixed_length_decode_equals_incremental_decode(refine):
     decoder, memory = _decoder("parseq"), _memory()
-    got = np.asarray(decoder.predict(memory, refine_iters=refine))
+    got = np.asarray(nnx.jit(lambda d, m: d.predict(m, refine_iters=refine))(decoder, memory))
     ref = _incremental_parseq(decoder, memory, refine)
     assert got.shape == (3, STEPS, CHARSET.num_classes)
     np.testing.assert_allclose(got, ref, atol=2e-4, rtol=1e-4)
@@ -78,16 +84,17 @@ def test_refinement_changes_the_logits():
 def test_nrtr_fixed_length_decode_equals_incremental_decode():
     decoder, memory = _decoder("nrtr"), _memory()
     kv = decoder.memory_kv(memory)
+    nrtr_logits = nnx.jit(lambda d, t, kv: d.logits(t, kv))
     tgt_in = np.full((3, STEPS), CHARSET.PAD, np.int32)
     tgt_in[:, 0] = CHARSET.BOS
     ref = []
     for i in range(STEPS):
-        out = np.asarray(decoder.logits(jnp.asarray(tgt_in[:, : i + 1]), kv))[:, -1]
+        out = np.asarray(nrtr_logits(decoder, jnp.asarray(tgt_in[:, : i + 1]), kv))[:, -1]
         ref.append(out)
         if i + 1 < STEPS:
             tgt_in[:, i + 1] = out.argmax(-1)
     ref = np.stack(ref, axis=1)
-    got = np.asarray(decoder.predict(memory))
+    got = np.asarray(nnx.jit(lambda d, m: d.predict(m))(decoder, memory))
     np.testing.assert_allclose(got, ref, atol=2e-4, rtol=1e-4)
     assert len(set(ref.argmax(-1).ravel().tolist())) > 3
 
