@@ -32,6 +32,7 @@ def train_images_per_s(variant: str, arg: str, batch: int, steps: int, dtype: st
     """Images/s of the trainer's jitted step (DB + aux loss, backward, optimiser) on random 640x640 batches."""
     config = get_config(f"{arg},tcm" if variant == "tcm" else arg)
     config.model.require_clip = False
+    config.data.root = "unused"  # random inputs: no dataset is opened
     config.model.dtype = dtype
     config.batch_size = batch
     run = trainer.setup(config, FastTCMTask(config))
@@ -59,6 +60,7 @@ def inference_fps(variant: str, arg: str, images: int, dtype: str, hw: tuple[int
     """Frames/s at batch 1 including DB post-processing on the host (FastTCM uses its cached text embedding)."""
     config = get_config(f"{arg},tcm" if variant == "tcm" else arg)
     config.model.require_clip = False
+    config.data.root = "unused"  # random inputs: no dataset is opened
     config.model.dtype = dtype
     task = FastTCMTask(config)
     from flax import nnx
