@@ -66,6 +66,10 @@ def rescale_data_state(state: Any, saved_processes: int, processes: int) -> Any 
     return state
 
 
+def _barriers(prefix: str) -> ocp.options.MultiprocessingOptions:
+    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix)
+
+
 class TrainCheckpointer:
     """The trainer's checkpoints: ``WORKDIR/ckpt/<step>`` (latest ``keep``) and ``WORKDIR/best/<step>`` (best eval).
 
@@ -77,12 +81,17 @@ class TrainCheckpointer:
     def __init__(self, workdir: str, *, save_every: int, keep: int = 2, async_save: bool = True):
         workdir = os.path.abspath(workdir)
         opts = dict(create=True, enable_async_checkpointing=async_save)
+        # Distinct barrier names per manager: both may save the same step at once (the final step is often also the
+        # best one), and orbax names its multi-process barriers by step alone ("Barrier ... is already ongoing").
         self.latest = ocp.CheckpointManager(
             os.path.join(workdir, "ckpt"),
-            options=ocp.CheckpointManagerOptions(save_interval_steps=save_every, max_to_keep=keep, **opts),
+            options=ocp.CheckpointManagerOptions(
+                save_interval_steps=save_every, max_to_keep=keep, multiprocessing_options=_barriers("ckpt"), **opts
+            ),
         )
         self.best = ocp.CheckpointManager(
-            os.path.join(workdir, "best"), options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts)
+            os.path.join(workdir, "best"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, multiprocessing_options=_barriers("best"), **opts),
         )
         self.best_value: float | None = None
 
