@@ -98,17 +98,6 @@ def logical_to_mesh_spec(
     return PartitionSpec(*out)
 
 
-def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules) -> Any:
-    """NamedShardings for every variable in an (abstract) ``nnx.State`` from its logical metadata."""
-
-    def one(var: Any) -> NamedSharding:
-        logical = getattr(var, "out_sharding", None) or getattr(var, "sharding", None)
-        value = var.get_value() if hasattr(var, "get_value") else var
-        return NamedSharding(mesh, logical_to_mesh_spec(logical, value.shape, mesh, rules))
-
-    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
     """Fully replicated sharding on ``mesh``."""
     return NamedSharding(mesh, PartitionSpec())
