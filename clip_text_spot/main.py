@@ -11,7 +11,9 @@ simulate N devices on a CPU with ``XLA_FLAGS=--xla_force_host_platform_device_co
 Multi-stage configs (e.g. DPTR's pre-training then fine-tuning) set ``config.stages = ("a", "b")`` and hold one full
 config per stage (``config.a``, ``config.b``); stage ``a`` checkpoints in ``WORKDIR/a``, all stages log to
 ``WORKDIR/metrics.jsonl`` with a ``stage`` field, and a string field ``"stage:a"`` in a later stage's config is
-replaced by the path ``WORKDIR/a`` (e.g. to initialise from the previous stage's checkpoint).
+replaced by the path ``WORKDIR/a`` (e.g. to initialise from the previous stage's checkpoint). A task with a
+``run(workdir)`` method instead of a model (spotting evaluation, ``configs/spot.py``) is run once and its metrics
+logged as an ``eval`` row at step 0.
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ def main(argv: list[str]) -> None:
             task = build_task(stage_config)
         except (ValueError, FileNotFoundError) as e:
             sys.exit(f"error: {e}")
+        stage_dir = workdir if stage is None else os.path.join(workdir, stage)
+        if hasattr(task, "run"):  # evaluation-only stage (e.g. spotting with the models of earlier stages)
+            if not _DRY_RUN.value:
+                summary = {"eval": run_evaluation(task, stage_dir, workdir, stage)}
+                summary.update({"stage": stage} if stage is not None else {})
+            continue
         if _DRY_RUN.value:
             report = trainer.memory_report(trainer.setup(stage_config, task))
             if jax.process_index() == 0:
@@ -70,7 +78,7 @@ def main(argv: list[str]) -> None:
             continue
         result = trainer.train(
             stage_config,
-            workdir if stage is None else os.path.join(workdir, stage),
+            stage_dir,
             task,
             log_dir=workdir,
             tags=None if stage is None else {"stage": stage},
@@ -84,6 +92,19 @@ def main(argv: list[str]) -> None:
         logging.info("done: %s", summary)
     if jax.process_index() == 0 and not _DRY_RUN.value:
         print(json.dumps(summary))
+
+
+def run_evaluation(task, stage_dir: str, log_dir: str, stage: str | None) -> dict:
+    """Run an evaluation-only task (``task.run(workdir) -> metrics``) and log its metrics at step 0."""
+    try:
+        metrics = task.run(stage_dir)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    writer = logs.MetricWriter(log_dir, tensorboard=False, tags=None if stage is None else {"stage": stage})
+    writer.write(0, metrics, kind="eval")
+    writer.close()
+    logging.info("done: %s", metrics)
+    return metrics
 
 
 def resolve_stage_refs(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:

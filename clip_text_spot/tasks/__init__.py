@@ -13,6 +13,7 @@ REGISTRY = {
     "dptr_finetune": "clip_text_spot.tasks.dptr:DptrFinetuneTask",
     "clip_contrastive": "clip_text_spot.tasks.clip_contrastive:ClipContrastiveTask",
     "fasttcm": "clip_text_spot.tasks.fasttcm:FastTCMTask",
+    "spot": "clip_text_spot.tasks.spot:SpotEvalTask",
 }
 
 

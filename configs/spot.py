@@ -1,0 +1,98 @@
+"""End-to-end text spotting: a FastTCM detector and a DPTR recogniser in one pipeline (``clip_text_spot.spotter``).
+
+    python -m clip_text_spot.main --config=configs/spot.py:demo --workdir=runs/spot_demo                # embedded demo
+    python -m clip_text_spot.main --config=configs/spot.py:eval --workdir=runs/spot_ic15 \
+        --config.detector=runs/ic15 --config.recognizer=runs/dptr_finetune \
+        --config.data.name=ic15 --config.data.root=data/prepared/icdar2015 \
+        [--config.lexicon.kind=strong --config.lexicon.dir=DIR]
+
+Arguments: ``demo`` (default) or ``eval``; ``steps=N`` (every training stage of the demo).
+
+``demo``: four stages in one command, sized for a 2-core CPU. ``detector``: the FastTCM demo (configs/fasttcm.py) on
+synthetic scenes whose words come from a small vocabulary; ``pretrain`` and ``finetune``: the DPTR demo
+(configs/dptr.py) with the same vocabulary, fonts and word kinds; ``spot``: the two models spot the detector's
+held-out synthetic scenes and ``metrics.jsonl`` gets ``e2e_hmean`` next to the detection ``hmean``
+(``clip_text_spot.tasks.spot``). Running it again reuses the trained stages.
+
+``eval``: only the spotting stage, for trained models (``--config.detector``, ``--config.recognizer``: workdirs or
+checkpoints) on a prepared dataset's test split with transcriptions (``python -m clip_text_spot.data.prepare``).
+End-to-end protocol by default (IC15, CTW1500); ``--config.word_spotting=True`` for Total-Text. Lexicons
+(``--config.lexicon.kind``: none | generic | weak | strong | full, files in ``--config.lexicon.dir`` under the
+AdelaiDet names or ``--config.lexicon.words`` / ``.pairs``; ``--config.lexicon.policy``: deepsolo | testr).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import dptr, fasttcm
+from configs.common import parse_arg
+
+# Demo vocabulary shared by the detection scenes and the recognition crops.
+DEMO_STYLE = dict(
+    vocab_size=100,
+    word_kind_weights=(0.8, 0.1, 0.1, 0.0, 0.0),
+    fonts=("DejaVuSans", "DejaVuSans-Bold", "DejaVuSerif", "DejaVuSansMono"),
+)
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    """The spotting stage: models, evaluation data, pipeline options (``SpotOptions``) and lexicon."""
+    config = ml_collections.ConfigDict()
+    config.task = "spot"
+    config.seed = 0
+    config.detector = ""  # FastTCM / TCM workdir or checkpoint
+    config.recognizer = ""  # DPTR fine-tuning workdir or checkpoint
+    config.best = False  # use the best-eval checkpoints instead of the latest
+    config.word_spotting = False  # True: Total-Text's word-spotting mode
+    config.vis_images = 4
+    d = config.data = ml_collections.ConfigDict()
+    d.name = "ic15"
+    d.root = ""  # prepared dataset (python -m clip_text_spot.data.prepare)
+    d.train_split, d.eval_split = "train", "test"
+    d.protocol = "icdar2015"
+    s = config.spot = ml_collections.ConfigDict()
+    s.eval_size = ()  # (H, W); empty: the detector's
+    s.batch_size = 1
+    s.max_crops = 64
+    s.supersample = 2
+    s.side_points = 16
+    s.layout = "contour"
+    s.min_score = 0.0
+    s.postprocess = ml_collections.ConfigDict()  # DB post-processing overrides
+    lex = config.lexicon = ml_collections.ConfigDict()
+    lex.kind = "none"
+    lex.policy = "deepsolo"
+    lex.dir = ""
+    lex.words = ""
+    lex.pairs = ""
+    return config
+
+
+def _demo(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    steps = f"steps={a.steps}" if a.steps else ""
+    det = fasttcm.get_config(",".join(filter(None, ["demo", steps])))
+    det.data.style.update(DEMO_STYLE)
+    det.tensorboard = False
+    rec = dptr.get_config(",".join(filter(None, ["demo", steps])))
+    rec.finetune.data.style.update(DEMO_STYLE)
+    rec.pretrain.text.vocab_size = DEMO_STYLE["vocab_size"]
+    rec.pretrain.text.kind_weights = DEMO_STYLE["word_kind_weights"]
+    spot = eval_config()
+    spot.detector, spot.recognizer = "stage:detector", "stage:finetune"
+    spot.data = ml_collections.ConfigDict(det.data.to_dict())
+    spot.spot.batch_size = 8
+
+    config = ml_collections.ConfigDict()
+    config.stages = ("detector", "pretrain", "finetune", "spot")
+    config.detector, config.pretrain, config.finetune, config.spot = det, rec.pretrain, rec.finetune, spot
+    return config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    a = parse_arg(arg, variant="demo", steps=0)
+    if a.variant == "demo":
+        return _demo(a)
+    if a.variant == "eval":
+        return eval_config()
+    raise ValueError(f"configs/spot.py: unknown argument {a.variant!r}; use demo or eval")

@@ -1,0 +1,90 @@
+"""Rectification of text regions: a known quad (OpenCV's perspective warp as the reference) and a known curve
+(a ring sector, whose rectification is the polar unwrapping) give the expected crops."""
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clip_text_spot.rectify import order_quad, polygon_sides, rectify, region_geometry
+
+SIZE = (32, 128)
+
+
+def _rectify(image: np.ndarray, polygons, layout="contour", supersample=1) -> np.ndarray:
+    quads, sides, is_quad = region_geometry(polygons, layout=layout)
+    n = len(polygons)
+    fn = jax.jit(rectify, static_argnames=("size", "supersample"))
+    out = fn(
+        jnp.asarray(image[None]), jnp.array([image.shape[:2]]), jnp.zeros(n, jnp.int32),
+        quads, sides, is_quad, size=SIZE, supersample=supersample,
+    )  # fmt: skip
+    return np.asarray(out)
+
+
+def test_quad_inverts_opencv_perspective_warp():
+    rng = np.random.default_rng(0)
+    pattern = cv2.resize(rng.uniform(0, 255, (8, 32, 3)).astype(np.float32), SIZE[::-1], interpolation=cv2.INTER_CUBIC)
+    quad = np.array([[60, 40], [300, 70], [290, 160], [50, 120]], np.float32)  # TL, TR, BR, BL
+    corners = np.array([[0, 0], [SIZE[1], 0], [SIZE[1], SIZE[0]], [0, SIZE[0]]], np.float32)
+    hom = cv2.getPerspectiveTransform(corners, quad)  # continuous coordinates -> OpenCV's pixel-index convention:
+    shift = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+    image = cv2.warpPerspective(pattern, np.linalg.inv(shift) @ hom @ shift, (400, 240), borderMode=cv2.BORDER_REPLICATE)
+    # the detector's vertex order does not matter: start at the bottom-left and go the other way round
+    crop = _rectify(image, [quad[[3, 2, 1, 0]]])[0]
+    err = np.abs(crop - pattern).mean()
+    assert err < 3.0, err  # two bilinear resamplings; the pattern's own mean deviation is ~50
+    assert np.abs(crop - pattern[:, ::-1]).mean() > 10 * err  # not mirrored
+
+
+def test_ring_sector_is_unwrapped_to_polar_coordinates():
+    centre, r_in, r_out = np.array([200.0, 260.0]), 100.0, 140.0
+    angles = np.deg2rad(np.linspace(150, 30, 16))  # left to right over the top of the circle
+
+    def arc(r):
+        return centre + r * np.stack([np.cos(angles), -np.sin(angles)], axis=1)
+
+    polygon = np.concatenate([arc(r_out), arc(r_in)[::-1]])  # paired layout: top L->R, bottom R->L
+    ys, xs = np.mgrid[0:300, 0:400] + 0.5
+    dx, dy = xs - centre[0], centre[1] - ys
+    image = np.stack([np.rad2deg(np.arctan2(dy, dx)), np.hypot(dx, dy), np.zeros_like(dx)], -1).astype(np.float32)
+    crop = _rectify(image, [polygon], layout="paired")[0]
+    rows, cols = ((np.arange(n) + 0.5) / n for n in SIZE)
+    want_angle = 150 - 120 * cols[None, :]
+    want_radius = r_out - (r_out - r_in) * rows[:, None]
+    np.testing.assert_allclose(crop[..., 0], np.broadcast_to(want_angle, SIZE), atol=0.3)
+    np.testing.assert_allclose(crop[..., 1], np.broadcast_to(want_radius, SIZE), atol=0.5)
+
+
+def test_contour_sides_follow_a_curved_band():
+    """A parabolic band outlined as a contour: the cut points lie on its top and bottom curves, in reading order."""
+    xs = np.linspace(20, 220, 41)
+    top_y = 80 + 0.004 * (xs - 120) ** 2
+    outline = np.concatenate([np.stack([xs, top_y], 1), np.stack([xs, top_y + 30], 1)[::-1]])
+    top, bottom = polygon_sides(outline, k=8)
+    assert np.all(np.diff(top[:, 0]) > 0)  # left to right
+    want = 80 + 0.004 * (top[:, 0] - 120) ** 2
+    np.testing.assert_allclose(top[1:-1, 1], want[1:-1], atol=0.3)
+    np.testing.assert_allclose(top[[0, -1], 1], want[[0, -1]], atol=2.5)  # extrapolated ends
+    np.testing.assert_allclose(bottom[:, 1], top[:, 1] + 30, atol=0.5)
+    np.testing.assert_allclose([top[0, 0], top[-1, 0]], [20, 220], atol=1e-3)  # ends reach the outline's extent
+
+
+@pytest.mark.parametrize("start", range(4))
+def test_order_quad_reads_along_the_long_side(start):
+    quad = np.array([[10, 20], [110, 20], [110, 50], [10, 50]], np.float32)
+    got = order_quad(np.roll(quad, start, axis=0))
+    np.testing.assert_array_equal(got, quad)
+    got = order_quad(np.roll(quad[::-1], start, axis=0))
+    np.testing.assert_array_equal(got, quad)
+
+
+def test_supersampling_averages_fine_detail():
+    """A 1-pixel stripe pattern squeezed 3.3x: point sampling aliases, 2x2 supersampling gets closer to the mean."""
+    image = np.zeros((40, 420, 3), np.float32)
+    image[:, ::2] = 255.0
+    quad = np.array([[0, 4], [420, 4], [420, 36], [0, 36]], np.float32)
+    point = _rectify(image, [quad], supersample=1)[0]
+    smooth = _rectify(image, [quad], supersample=2)[0]
+    assert abs(smooth.mean() - 127.5) < 2 and smooth.std() < point.std()
