@@ -11,7 +11,6 @@ image name). The model, its input size and post-processing come from the checkpo
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
@@ -19,8 +18,6 @@ import time
 
 import numpy as np
 from absl import app, flags, logging
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding ckpt/ (or best/).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Alias of --workdir.")
@@ -31,25 +28,10 @@ _SUBMISSION = flags.DEFINE_string("submission", None, "Also write an ICDAR2015 s
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Images per forward pass.")
 
 
-def list_images(args: list[str]) -> list[str]:
-    """Image files named by ``args`` (files, or directories searched non-recursively); errors name the path."""
-    paths = []
-    for arg in args:
-        if os.path.isdir(arg):
-            found = sorted(p for p in glob.glob(os.path.join(arg, "*")) if p.lower().endswith(IMAGE_EXTS))
-            if not found:
-                raise FileNotFoundError(f"{arg}: no images ({', '.join(IMAGE_EXTS)})")
-            paths += found
-        elif os.path.isfile(arg):
-            paths.append(arg)
-        else:
-            raise FileNotFoundError(f"{arg}: no such file or directory")
-    return paths
-
-
 def main(argv: list[str]) -> None:
     from clip_text_spot import logs, vis
     from clip_text_spot.data.pipeline import decode_image, make_det_eval_batches
+    from clip_text_spot.data.readers.common import list_images
     from clip_text_spot.data.types import DetSample
     from clip_text_spot.metrics.submission_io import sample_key, write_submission
     from clip_text_spot.postprocess.db import db_postprocess_batch

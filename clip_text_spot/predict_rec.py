@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+from clip_text_spot.data.readers.common import IMAGE_SUFFIXES
 
 
 def collect_images(args: list[str]) -> list[tuple[str, bytes]]:

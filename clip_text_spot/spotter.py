@@ -145,7 +145,6 @@ class Spotter:
 
         self._crops, self._read = crops, read
         self.timings: dict[str, float] = collections.defaultdict(float)
-        self.counts: dict[str, int] = collections.defaultdict(int)
 
     @classmethod
     def from_checkpoints(
@@ -175,28 +174,39 @@ class Spotter:
         self.timings[stage] += time.perf_counter() - start
         return out
 
-    def detect(self, images: Sequence[np.ndarray]) -> tuple[jax.Array, list[list[tuple[np.ndarray, float]]], dict]:
-        """(detector input on device, per image [(polygon, score)] in original pixels, batch arrays)."""
-        opts = self.options
+    def prepare(self, images: Sequence[np.ndarray]) -> tuple[jax.Array, dict]:
+        """(detector input [batch_size, H, W, 3] on device, host arrays ``scale`` and ``resized_shape``) of up to
+        ``batch_size`` decoded images (the batch is padded)."""
 
-        def prepare():
+        def run():
             rows = [self._transform((i, DetSample(image=img, polygons=[], texts=[], ignore=[], name=str(i))))
                     for i, img in enumerate(images)]  # fmt: skip
-            rows += [self._transform((0, None))] * (opts.batch_size - len(rows))
-            batch = {k: np.stack([r[k] for r in rows]) for k in ("image", "scale", "resized_shape")}
-            return jax.device_put(batch["image"]), batch
+            rows += [self._transform((0, None))] * (self.options.batch_size - len(rows))
+            arrays = {k: np.stack([r[k] for r in rows]) for k in ("image", "scale", "resized_shape")}
+            return jax.device_put(arrays.pop("image")), arrays
 
-        device_images, batch = self._timed("preprocess", prepare)
-        prob = self._timed("detector", self._prob, device_images)
+        return self._timed("preprocess", run)
 
-        def postprocess():
+    def probability(self, device_images: jax.Array) -> np.ndarray:
+        """The detector's probability maps [batch_size, H, W] (host)."""
+        return self._timed("detector", self._prob, device_images)
+
+    def postprocess(self, prob: np.ndarray, arrays: dict, n: int) -> list[list[tuple[np.ndarray, float]]]:
+        """DB post-processing of the first ``n`` maps: per image [(polygon in original pixels, score)]."""
+
+        def run():
             preds = db_postprocess_batch(
-                prob[: len(images)], self.preset, scales=[tuple(s) for s in batch["scale"][: len(images)]],
-                valid_sizes=[tuple(s) for s in batch["resized_shape"][: len(images)]], **self.overrides,
+                prob[:n], self.preset, scales=[tuple(s) for s in arrays["scale"][:n]],
+                valid_sizes=[tuple(s) for s in arrays["resized_shape"][:n]], **self.overrides,
             )  # fmt: skip
-            return [[(p, s) for p, s in row if s >= opts.min_score] for row in preds]
+            return [[(p, s) for p, s in row if s >= self.options.min_score] for row in preds]
 
-        return device_images, self._timed("postprocess", postprocess), batch
+        return self._timed("postprocess", run)
+
+    def detect(self, images: Sequence[np.ndarray]) -> tuple[jax.Array, list[list[tuple[np.ndarray, float]]], dict]:
+        """(detector input on device, per image [(polygon, score)] in original pixels, host arrays)."""
+        device_images, arrays = self.prepare(images)
+        return device_images, self.postprocess(self.probability(device_images), arrays, len(images)), arrays
 
     def read_regions(
         self, device_images: jax.Array, sizes: np.ndarray, regions: list[tuple[int, np.ndarray]]
@@ -236,8 +246,6 @@ class Spotter:
             words = iter(read)
             for row, d in enumerate(dets):
                 results.append([Word(np.asarray(p), s, *next(words)) for p, s in d])
-            self.counts["images"] += len(chunk)
-            self.counts["words"] += len(regions)
         return results
 
 

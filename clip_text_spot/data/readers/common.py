@@ -27,6 +27,7 @@ import collections
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -172,6 +173,22 @@ class Samples(Generic[T]):
             stats.add("samples")
             yield sample
         stats.log()
+
+
+def list_images(args: Sequence[str]) -> list[str]:
+    """Image files named by ``args`` (files, or folders searched non-recursively, sorted); errors name the path."""
+    paths = []
+    for arg in args:
+        if os.path.isdir(arg):
+            found = sorted(str(p) for p in Path(arg).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"{arg}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        elif os.path.isfile(arg):
+            paths.append(arg)
+        else:
+            raise FileNotFoundError(f"{arg}: no such file or directory")
+    return paths
 
 
 def check_choice(value: str, choices: Sequence[str], flag: str) -> None:
