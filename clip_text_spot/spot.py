@@ -83,8 +83,14 @@ def _run(args: argparse.Namespace) -> int:
             except ValueError as err:
                 raise ValueError(f"{path}: not a readable image ({err})") from None
     keys = [sample_key(p) for p in paths]
-    if args.submission and None in keys:
-        raise ValueError(f"{paths[keys.index(None)]}: no image number in the name, needed for --submission")
+    if args.submission:
+        if None in keys:
+            raise ValueError(f"{paths[keys.index(None)]}: no image number in the name, needed for --submission")
+        first: dict[int, str] = {}
+        for path, key in zip(paths, keys, strict=True):
+            if key in first:
+                raise ValueError(f"{first[key]} and {path} have the same image number {key} (res_img_{key}.txt)")
+            first[key] = path
     matcher = lexicons = None
     if args.lexicon != "none":
         matcher = LexiconMatcher(args.lexicon, args.lexicon_policy)

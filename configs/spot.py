@@ -6,7 +6,7 @@
         --config.data.name=ic15 --config.data.root=data/prepared/icdar2015 \
         [--config.lexicon.kind=strong --config.lexicon.dir=DIR]
 
-Arguments: ``demo`` (default) or ``eval``; ``steps=N`` (every training stage of the demo).
+Arguments: ``demo`` (default) or ``eval``; ``steps=N`` and ``batch=N`` (every training stage of the demo).
 
 ``demo``: four stages in one command, sized for a 2-core CPU. ``detector``: the FastTCM demo (configs/fasttcm.py) on
 synthetic scenes whose words come from a small vocabulary; ``pretrain`` and ``finetune``: the DPTR demo
@@ -74,7 +74,9 @@ def _demo(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     det = fasttcm.get_config(",".join(filter(None, ["demo", steps])))
     det.data.style.update(DEMO_STYLE)
     det.tensorboard = False
-    rec = dptr.get_config(",".join(filter(None, ["demo", steps])))
+    if a.batch:
+        det.batch_size = a.batch
+    rec = dptr.get_config(",".join(filter(None, ["demo", steps, f"batch={a.batch}" if a.batch else ""])))
     rec.finetune.data.style.update(DEMO_STYLE)
     rec.pretrain.text.vocab_size = DEMO_STYLE["vocab_size"]
     rec.pretrain.text.kind_weights = DEMO_STYLE["word_kind_weights"]
@@ -90,7 +92,7 @@ def _demo(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, variant="demo", steps=0)
+    a = parse_arg(arg, variant="demo", steps=0, batch=0)
     if a.variant == "demo":
         return _demo(a)
     if a.variant == "eval":

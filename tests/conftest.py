@@ -11,7 +11,7 @@ DATA = pathlib.Path(__file__).parent / "data"
 
 # The longest test files first: the suite runs on pytest-xdist workers per file (README's command), and a long file
 # dispatched last would leave the other workers idle at the end.
-LONGEST_FIRST = ("test_scale_out.py", "test_fasttcm_train.py", "test_sharded_step.py", "test_dptr_demo.py")
+LONGEST_FIRST = ("test_scale_out.py", "test_fasttcm_train.py", "test_sharded_step.py", "test_spot_demo.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -1,0 +1,133 @@
+"""The spotting demo end to end in one command (FastTCM detector, DPTR pre-training and fine-tuning, spotting
+evaluation; tiny overrides), then the CLIs on its checkpoints with real data: predict_rec on real word crops
+(PARSeq demo images, mmocr's toy LMDB), spot on real scenes (ICDAR2015 toy images, an OpenCV sample photo)."""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from conftest import DATA
+
+from clip_text_spot import predict_rec, spot
+from clip_text_spot.logs import read_metrics
+from clip_text_spot.metrics.recognition import read_labels
+from configs import dptr
+from configs import spot as spot_config
+
+
+@pytest.fixture(scope="module")
+def demo_workdir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("spot_demo")
+    tiny = [
+        "--config.pretrain.text.eval_samples=8", "--config.pretrain.orp.synthetic_images=8",
+        "--config.pretrain.eval_batch_size=8", "--config.finetune.data.eval_samples=8",
+        "--config.finetune.eval_batch_size=8", "--config.detector.data.eval_samples=4",
+        "--config.detector.data.eval_batch_size=4", "--config.spot.data.eval_samples=4",
+        "--config.spot.spot.batch_size=2",
+    ]  # fmt: skip
+    for stage in ("pretrain", "finetune"):
+        tiny += [f"--config.{stage}.model.decoder.dim=32", f"--config.{stage}.model.decoder.depth=1"]
+    tiny += ["--config.pretrain.clip.overrides.embed_dim=32", "--config.pretrain.clip.overrides.text.width=32",
+             "--config.pretrain.clip.overrides.text.layers=1", "--config.finetune.model.encoder.width=32",
+             "--config.finetune.model.encoder.depth=1"]  # fmt: skip
+    cmd = [sys.executable, "-m", "clip_text_spot.main", "--config=configs/spot.py:demo,steps=2,batch=4",
+           f"--workdir={workdir}", *tiny]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "decoder initialised from" in proc.stderr and str(workdir / "pretrain" / "ckpt" / "2") in proc.stderr
+    return workdir
+
+
+def test_recogniser_stages_are_the_dptr_demo_with_the_detectors_vocabulary():
+    demo, ours = dptr.get_config("demo"), spot_config.get_config("demo")
+    assert ours.pretrain.to_dict() == demo.pretrain.to_dict()
+    style = ours.finetune.data.style
+    assert ours.finetune.to_dict() | {"data": None} == demo.finetune.to_dict() | {"data": None}
+    for key in ("vocab_size", "word_kind_weights", "fonts"):
+        assert ours.detector.data.style[key] == style[key], key
+    assert ours.spot.data.to_dict() == ours.detector.data.to_dict()  # the detector's held-out scenes
+
+
+def test_spotting_stage_logs_end_to_end_and_detection_hmean(demo_workdir):
+    (row,) = [r for r in read_metrics(str(demo_workdir), "eval") if r["stage"] == "spot"]
+    assert row["step"] == 0 and row["images"] == 4 and row["gt_words"] > 0
+    for key in ("e2e_hmean", "e2e_precision", "e2e_recall", "hmean", "precision", "recall", "word_accuracy"):
+        assert 0.0 <= row[key] <= 1.0, key
+    assert row["e2e_hmean"] <= row["hmean"]  # a word read correctly was detected
+    assert len(list((demo_workdir / "spot" / "vis").glob("*.png"))) == 4
+
+
+def test_demo_runs_both_stages_and_logs_word_accuracy(demo_workdir):
+    evals = [r for r in read_metrics(str(demo_workdir), "eval") if r["stage"] in ("pretrain", "finetune")]
+    assert [(r["stage"], r["step"]) for r in evals] == [("pretrain", 1), ("pretrain", 2), ("finetune", 1),
+                                                        ("finetune", 2)]  # fmt: skip
+    for row in evals:
+        assert 0.0 <= row["word_accuracy"] <= 1.0 and 0.0 <= row["ned"] <= 1.0
+    assert evals[-1]["synthetic/word_accuracy"] == evals[-1]["word_accuracy"]
+    assert (demo_workdir / "pretrain" / "ckpt" / "2").is_dir() and (demo_workdir / "finetune" / "best").is_dir()
+
+
+def test_predict_rec_on_real_crops(demo_workdir, tmp_path, capsys):
+    out = tmp_path / "pred.tsv"
+    labels = DATA / "readers" / "parseq_demo" / "labels.tsv"
+    assert predict_rec.main([f"--workdir={demo_workdir}", f"--labels={labels}", f"--output={out}"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["images"] == 6 and summary["total"] == 6 and 0.0 <= summary["word_accuracy"] <= 1.0
+    assert summary["checkpoint"].endswith("finetune/ckpt/2")
+    assert set(read_labels(out)) == set(read_labels(labels))  # a TSV that `evaluate rec` pairs with the labels
+    assert [line.split("\t")[0] for line in lines[:-1]] == list(read_labels(labels))
+
+    lmdb = DATA / "readers" / "rec_toy" / "imgs.lmdb"
+    crops = DATA / "readers" / "parseq_demo" / "cute-184.jpg"
+    assert predict_rec.main([f"--checkpoint={demo_workdir}", f"--lmdb={lmdb}", str(crops)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["images"] == 11 and summary["total"] == 10  # the loose crop has no label
+
+
+def test_predict_rec_errors_name_the_problem(demo_workdir, tmp_path, capsys):
+    assert predict_rec.main([f"--workdir={tmp_path}", str(tmp_path)]) == 2
+    assert "no trainer checkpoint" in capsys.readouterr().err
+    assert predict_rec.main([f"--workdir={demo_workdir / 'pretrain'}", str(DATA / "readers" / "parseq_demo")]) == 2
+    assert "needs a dptr_finetune checkpoint" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    assert predict_rec.main([f"--workdir={demo_workdir}", str(bad)]) == 2
+    assert "bad.png" in capsys.readouterr().err
+
+
+def test_spot_cli_on_real_scenes(demo_workdir, tmp_path, capsys):
+    ic15 = DATA / "readers" / "det_toy" / "imgs" / "test"
+    photo = DATA / "readers" / "opencv_text" / "scenetext01.jpg"
+    out, zip_path = tmp_path / "out", tmp_path / "e2e.zip"
+    args = [f"--detector={demo_workdir}", f"--recognizer={demo_workdir}", f"--output={out}", "--batch_size=2"]
+    assert spot.main([*args, str(ic15), str(photo)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["images"] == 3 and summary["images_per_s"] > 0
+    assert set(summary["stage_share"]) == {"preprocess", "detector", "postprocess", "rectify", "recognizer"}
+    assert abs(sum(summary["stage_share"].values()) - 1.0) < 0.01
+    for name, (w, h) in {"img_1": (1280, 720), "img_2": (1280, 720), "scenetext01": (800, 600)}.items():
+        record = json.loads((out / f"{name}.json").read_text())
+        assert (record["width"], record["height"]) == (w, h)
+        for word in record["words"]:
+            assert set(word) == {"polygon", "score", "text", "confidence"} and 0.0 <= word["confidence"] <= 1.0
+        assert (out / f"{name}.png").stat().st_size > 1000
+    assert summary["words"] == sum(len(json.loads((out / f"{n}.json").read_text())["words"]) for n in ("img_1", "img_2", "scenetext01"))
+
+    assert spot.main([*args, str(ic15), f"--submission={zip_path}"]) == 0
+    capsys.readouterr()
+    assert sorted(zipfile.ZipFile(zip_path).namelist()) == ["res_img_1.txt", "res_img_2.txt"]
+    assert spot.main([*args, str(ic15), str(photo), f"--submission={zip_path}"]) == 2  # img_1 and scenetext01
+    assert "same image number 1" in capsys.readouterr().err
+
+
+def test_spot_cli_errors_name_the_problem(demo_workdir, tmp_path, capsys):
+    image = str(DATA / "readers" / "opencv_text" / "scenetext01.jpg")
+    assert spot.main([f"--detector={demo_workdir / 'finetune'}", f"--recognizer={demo_workdir}", image]) == 2
+    assert "a fasttcm detector is needed" in capsys.readouterr().err
+    assert spot.main([f"--detector={demo_workdir}", f"--recognizer={demo_workdir / 'detector'}", image]) == 2
+    assert "a dptr_finetune one is needed" in capsys.readouterr().err
+    assert spot.main([f"--detector={demo_workdir}", f"--recognizer={demo_workdir}", str(tmp_path / "none.jpg")]) == 2
+    assert "none.jpg: no such file" in capsys.readouterr().err
