@@ -29,7 +29,7 @@ from flax import nnx  # noqa: E402
 
 from clip_text_spot.data.db_targets import DB_TARGETS, db_targets  # noqa: E402
 from clip_text_spot.data.synthetic import SyntheticDetSource  # noqa: E402
-from clip_text_spot.spotter import STAGES, Spotter, SpotOptions  # noqa: E402
+from clip_text_spot.spotter import STAGES, SpotOptions, Spotter  # noqa: E402
 from clip_text_spot.tasks.dptr import DptrFinetuneTask  # noqa: E402
 from clip_text_spot.tasks.fasttcm import FastTCMTask  # noqa: E402
 from configs import dptr, fasttcm  # noqa: E402

@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from clip_text_spot import logs, vis
     from clip_text_spot.data.pipeline import decode_image
+    from clip_text_spot.data.readers.common import list_images
     from clip_text_spot.metrics.spotting import LexiconMatcher, lexicon_provider
     from clip_text_spot.metrics.submission_io import sample_key, write_submission
-    from clip_text_spot.data.readers.common import list_images
-    from clip_text_spot.spotter import STAGES, Spotter, SpotOptions, correct_words, draw_words
+    from clip_text_spot.spotter import STAGES, SpotOptions, Spotter, correct_words, draw_words
 
     logs.quiet_libraries()
     paths = list_images(args.inputs)

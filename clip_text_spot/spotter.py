@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,10 @@ from clip_text_spot.data.types import DetSample
 from clip_text_spot.metrics.spotting import Lexicon, LexiconMatcher
 from clip_text_spot.postprocess.db import db_postprocess_batch
 from clip_text_spot.rectify import LAYOUTS, rectify, region_geometry
+
+if TYPE_CHECKING:
+    from clip_text_spot.tasks.dptr import DptrFinetuneTask
+    from clip_text_spot.tasks.fasttcm import FastTCMTask
 
 STAGES = ("preprocess", "detector", "postprocess", "rectify", "recognizer")
 
@@ -110,9 +115,9 @@ class Spotter:
     def __init__(
         self,
         det_config: ml_collections.ConfigDict,
-        det_task,
+        det_task: FastTCMTask,
         det_model: nnx.Module,
-        rec_task,
+        rec_task: DptrFinetuneTask,
         rec_model: nnx.Module,
         options: SpotOptions = SpotOptions(),
     ):
@@ -162,7 +167,9 @@ class Spotter:
 
         def finetune_task(config):
             if config.task != "dptr_finetune":
-                raise ValueError(f"--recognizer={recognizer} holds a {config.task!r} model; a dptr_finetune one is needed")
+                raise ValueError(
+                    f"--recognizer={recognizer} holds a {config.task!r} model; a dptr_finetune one is needed"
+                )
             return DptrFinetuneTask(config)
 
         _, rec_task, rec_model, _ = restore_model(str(step_dir), build_task=finetune_task)
@@ -244,8 +251,7 @@ class Spotter:
             regions = [(row, np.asarray(p, np.float32) * scale[row]) for row, d in enumerate(dets) for p, _ in d]
             read = self.read_regions(device_images, batch["resized_shape"], regions) if regions else []
             words = iter(read)
-            for row, d in enumerate(dets):
-                results.append([Word(np.asarray(p), s, *next(words)) for p, s in d])
+            results += [[Word(np.asarray(p), s, *next(words)) for p, s in d] for d in dets]
         return results
 
 

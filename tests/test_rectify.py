@@ -30,7 +30,9 @@ def test_quad_inverts_opencv_perspective_warp():
     corners = np.array([[0, 0], [SIZE[1], 0], [SIZE[1], SIZE[0]], [0, SIZE[0]]], np.float32)
     hom = cv2.getPerspectiveTransform(corners, quad)  # continuous coordinates -> OpenCV's pixel-index convention:
     shift = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
-    image = cv2.warpPerspective(pattern, np.linalg.inv(shift) @ hom @ shift, (400, 240), borderMode=cv2.BORDER_REPLICATE)
+    image = cv2.warpPerspective(
+        pattern, np.linalg.inv(shift) @ hom @ shift, (400, 240), borderMode=cv2.BORDER_REPLICATE
+    )
     # the detector's vertex order does not matter: start at the bottom-left and go the other way round
     crop = _rectify(image, [quad[[3, 2, 1, 0]]])[0]
     err = np.abs(crop - pattern).mean()

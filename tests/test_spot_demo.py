@@ -118,7 +118,9 @@ def test_spot_cli_on_real_scenes(demo_workdir, tmp_path, capsys):
         for word in record["words"]:
             assert set(word) == {"polygon", "score", "text", "confidence"} and 0.0 <= word["confidence"] <= 1.0
         assert (out / f"{name}.png").stat().st_size > 1000
-    assert summary["words"] == sum(len(json.loads((out / f"{n}.json").read_text())["words"]) for n in ("img_1", "img_2", "scenetext01"))
+    assert summary["words"] == sum(
+        len(json.loads((out / f"{n}.json").read_text())["words"]) for n in ("img_1", "img_2", "scenetext01")
+    )
 
     assert spot.main([*args, str(ic15), f"--submission={zip_path}"]) == 0
     capsys.readouterr()

@@ -25,7 +25,7 @@ from clip_text_spot.data.types import DetSample
 from clip_text_spot.metrics.detection import DetProtocol
 from clip_text_spot.metrics.spotting import LexiconMatcher, evaluate_spotting, lexicon_provider
 from clip_text_spot.metrics.submission_io import TextInstances, sample_key
-from clip_text_spot.spotter import Spotter, SpotOptions, Word, correct_words, draw_words
+from clip_text_spot.spotter import SpotOptions, Spotter, Word, correct_words, draw_words
 
 
 def spot_options(config: ml_collections.ConfigDict) -> SpotOptions:
@@ -46,7 +46,9 @@ def spotting_metrics(
     gts = {i: TextInstances.from_det_sample(s) for i, s in enumerate(samples)}
     dets = {
         i: TextInstances(
-            [np.asarray(w.polygon, np.float64) for w in ws], [w.text for w in ws], np.zeros(len(ws), bool),
+            [np.asarray(w.polygon, np.float64) for w in ws],
+            [w.text for w in ws],
+            np.zeros(len(ws), bool),
             np.array([w.score for w in ws], np.float64),
         )  # fmt: skip
         for i, ws in enumerate(words)
@@ -113,5 +115,7 @@ class SpotEvalTask:
         logging.info("spotting: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
         if jax.process_index() == 0:
             for i, (sample, ws) in enumerate(zip(samples[: int(cfg.get("vis_images", 4))], words, strict=False)):
-                vis.save_png(os.path.join(workdir, "vis", f"{i:06d}.png"), draw_words(decode_image(sample.image), ws, sample))
+                vis.save_png(
+                    os.path.join(workdir, "vis", f"{i:06d}.png"), draw_words(decode_image(sample.image), ws, sample)
+                )
         return metrics
