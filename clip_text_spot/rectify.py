@@ -2,13 +2,15 @@
 
 Host side (NumPy, per detection) a polygon becomes a fixed-size description:
 
-* a **quad** (4 points) is ordered top-left, top-right, bottom-right, bottom-left with its longer pair of opposite
-  edges as top and bottom and the reading direction pointing right (``order_quad``); it is rectified by the
-  perspective transform that maps the unit square onto it;
+* a **quad** (4 points) is ordered top-left, top-right, bottom-right, bottom-left with its more horizontal pair of
+  opposite edges as top and bottom (the longer pair if it is at least 1.5 times longer: vertical text) and the
+  reading direction pointing right (``order_quad``); it is rectified by the perspective transform that maps the
+  unit square onto it;
 * any other polygon (curved text) gets a top and a bottom polyline of ``k`` points, and the crop is the
   piecewise-linear grid between them, each side resampled at uniform arc length. Layout ``contour`` (DB ``poly``
-  output, any outline): the polygon is cut by ``k`` lines across its long axis (the long side of its minimum-area
-  rectangle) and the highest and lowest crossing of each line are the side points (``polygon_sides``). Layout
+  output, any outline): the polygon is cut by ``k`` lines across its reading axis (a side of its minimum-area
+  rectangle, chosen as for quads) and the highest and lowest crossing of each line are the side points
+  (``polygon_sides``). Layout
   ``paired`` (Total-Text / CTW1500 / curved-spotter convention, ``2m`` points: top left to right, then bottom
   right to left): the two halves are the sides (``paired_sides``).
 
@@ -38,12 +40,26 @@ def _reading_frame(direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return d, np.array([d[1], -d[0]])
 
 
-def order_quad(quad: np.ndarray) -> np.ndarray:
-    """[4, 2] quad in any vertex order along its outline -> top-left, top-right, bottom-right, bottom-left, with
-    the longer pair of opposite edges as top / bottom (so vertical text is read along its length)."""
+VERTICAL_RATIO = 1.5
+
+
+def _reads_along(first: np.ndarray, second: np.ndarray, ratio: float) -> bool:
+    """Whether text reads along direction ``first`` (length = its norm) rather than ``second``: the more
+    horizontal one, unless the other is at least ``ratio`` times longer (short words are often taller than wide;
+    a long upright box is vertical text)."""
+    len1, len2 = float(np.linalg.norm(first)), float(np.linalg.norm(second))
+    if len1 >= ratio * len2 or len2 >= ratio * len1:
+        return len1 >= len2
+    return abs(first[0]) * len2 >= abs(second[0]) * len1  # |cos| of the angle to the x axis
+
+
+def order_quad(quad: np.ndarray, vertical_ratio: float = VERTICAL_RATIO) -> np.ndarray:
+    """[4, 2] quad in any vertex order along its outline -> top-left, top-right, bottom-right, bottom-left. The
+    top / bottom edges are the more horizontal pair, unless the other pair is ``vertical_ratio`` times longer
+    (then the text is read along its length, bottom to top)."""
     q = np.asarray(quad, np.float64).reshape(4, 2)
-    edges = np.linalg.norm(np.roll(q, -1, axis=0) - q, axis=1)  # edge i joins q[i] and q[i + 1]
-    start = 0 if edges[0] + edges[2] >= edges[1] + edges[3] else 1  # long edges: (start, start + 2)
+    edge = np.roll(q, -1, axis=0) - q  # edge i joins q[i] and q[i + 1]
+    start = 0 if _reads_along(edge[0] - edge[2], edge[1] - edge[3], vertical_ratio) else 1  # top/bottom: start, +2
     a, b = q[start], q[(start + 1) % 4]
     c, d = q[(start + 2) % 4], q[(start + 3) % 4]  # the opposite long edge runs c -> d
     direction, up = _reading_frame((b - a) + (c - d))
@@ -56,17 +72,22 @@ def order_quad(quad: np.ndarray) -> np.ndarray:
     return np.stack([tl, tr, br, bl]).astype(np.float32)
 
 
-def polygon_sides(polygon: np.ndarray, k: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def polygon_sides(
+    polygon: np.ndarray, k: int = 16, vertical_ratio: float = VERTICAL_RATIO
+) -> tuple[np.ndarray, np.ndarray]:
     """(top, bottom) polylines, each [k, 2] from the start to the end of the text, of a polygon [n, 2].
 
-    The polygon is cut by ``k`` lines perpendicular to its long axis, at the centres of ``k`` equal slices of its
-    extent; the highest and lowest crossing of each line are the side points. The first and last points are moved
+    The polygon is cut by ``k`` lines across its reading axis (a side of its minimum-area rectangle, chosen as in
+    ``order_quad``), at the centres of ``k`` equal slices of its extent; the highest and lowest crossing of each
+    line are the side points. The first and last points are moved
     out to the ends of the extent along the trend of their side (so the rounded ends of unclipped DB polygons do
     not pinch the crop).
     """
     p = np.asarray(polygon, np.float64).reshape(-1, 2)
     (cx, cy), (w, h), angle = cv2.minAreaRect(p.astype(np.float32))
-    theta = np.deg2rad(angle if w >= h else angle + 90.0)
+    along_w = np.array([np.cos(np.deg2rad(angle)), np.sin(np.deg2rad(angle))])
+    across = np.array([-along_w[1], along_w[0]])
+    theta = np.deg2rad(angle if _reads_along(w * along_w, h * across, vertical_ratio) else angle + 90.0)
     direction, up = _reading_frame(np.array([np.cos(theta), np.sin(theta)]))
     centre = np.array([cx, cy])
     t, s = (p - centre) @ direction, (p - centre) @ up
@@ -122,13 +143,41 @@ def paired_sides(polygon: np.ndarray, k: int = 16) -> tuple[np.ndarray, np.ndarr
 LAYOUTS = ("contour", "paired")
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-6)
+
+
+def pad_quad(quad: np.ndarray, pad: float) -> np.ndarray:
+    """An ordered quad (TL, TR, BR, BL) grown on every side by ``pad`` x its height."""
+    tl, tr, br, bl = np.asarray(quad, np.float64)
+    height = 0.5 * (np.linalg.norm(bl - tl) + np.linalg.norm(br - tr))
+    top, bottom = pad * height * _unit(tr - tl), pad * height * _unit(br - bl)
+    left, right = pad * (bl - tl), pad * (br - tr)
+    return np.stack([tl - left - top, tr - right + top, br + right + bottom, bl + left - bottom]).astype(np.float32)
+
+
+def pad_sides(top: np.ndarray, bottom: np.ndarray, pad: float) -> tuple[np.ndarray, np.ndarray]:
+    """Top and bottom polylines [k, 2] moved apart by ``pad`` x the local height each, and both extended at the
+    ends by ``pad`` x the mean height."""
+    top, bottom = np.asarray(top, np.float64), np.asarray(bottom, np.float64)
+    span = top - bottom
+    top, bottom = top + pad * span, bottom - pad * span
+    grow = pad * float(np.linalg.norm(span, axis=1).mean())
+    for line in (top, bottom):
+        line[0] -= grow * _unit(line[1] - line[0])
+        line[-1] += grow * _unit(line[-1] - line[-2])
+    return top.astype(np.float32), bottom.astype(np.float32)
+
+
 def region_geometry(
-    polygons: list[np.ndarray], k: int = 16, layout: str = "contour"
+    polygons: list[np.ndarray], k: int = 16, layout: str = "contour", pad: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fixed-size descriptions of ``polygons``: (quads [N, 4, 2], sides [N, 2, k, 2], is_quad [N]).
 
     4-point polygons are ordered quads (their sides unused); others get ``polygon_sides`` (``layout='contour'``)
-    or ``paired_sides`` (``'paired'``), their quad unused."""
+    or ``paired_sides`` (``'paired'``), their quad unused. ``pad`` > 0 grows each region by that fraction of its
+    height on every side (``pad_quad``, ``pad_sides``): recognisers are trained on crops with some background
+    around the word, detectors return tight boxes."""
     if layout not in LAYOUTS:
         raise ValueError(f"polygon layout must be one of {LAYOUTS}, got {layout!r}")
     sides_of = polygon_sides if layout == "contour" else paired_sides
@@ -139,9 +188,9 @@ def region_geometry(
     for i, poly in enumerate(polygons):
         poly = np.asarray(poly, np.float32).reshape(-1, 2)
         if len(poly) == 4:
-            quads[i], is_quad[i] = order_quad(poly), True
+            quads[i], is_quad[i] = pad_quad(order_quad(poly), pad), True
         else:
-            sides[i] = np.stack(sides_of(poly, k))
+            sides[i] = np.stack(pad_sides(*sides_of(poly, k), pad))
     return quads, sides, is_quad
 
 

@@ -75,6 +75,7 @@ class SpotOptions:
       side_points: points per side describing a curved polygon.
       layout: ``contour`` (detector outlines) or ``paired`` (top L->R then bottom R->L, e.g. ground truth).
       min_score: detections scoring below this are dropped before recognition.
+      pad: each region is grown by this fraction of its height on every side before rectification.
       postprocess: DB post-processing field overrides on top of the detector config's.
     """
 
@@ -85,6 +86,7 @@ class SpotOptions:
     side_points: int = 16
     layout: str = "contour"
     min_score: float = 0.0
+    pad: float = 0.1
     postprocess: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -224,7 +226,7 @@ class Spotter:
         for start in range(0, len(regions), opts.max_crops):
             chunk = regions[start : start + opts.max_crops]
             n, padded = len(chunk), _bucket(len(chunk), opts.max_crops)
-            quads, sides, is_quad = region_geometry([p for _, p in chunk], opts.side_points, opts.layout)
+            quads, sides, is_quad = region_geometry([p for _, p in chunk], opts.side_points, opts.layout, opts.pad)
             pad = padded - n
             index = np.array([r for r, _ in chunk] + [0] * pad, np.int32)
             quads = np.concatenate([quads, np.broadcast_to(quads[:1], (pad, *quads.shape[1:]))])

@@ -30,12 +30,16 @@ from configs import dptr, fasttcm
 from configs.common import parse_arg
 
 # Demo words and looks shared by the detection scenes and the recognition crops: 50 words (lower, Title, UPPER),
-# four fonts, mostly gradient backgrounds (no photos), so that a recogniser trained for ~5 CPU minutes reads them.
+# four fonts, mostly gradient backgrounds (no photos), so that a recogniser trained for ~5 CPU minutes reads them;
+# the same font sizes and no perspective, so that rectified detections look like the crops the recogniser saw.
 DEMO_STYLE = dict(
     vocab_size=50,
     word_kind_weights=(0.8, 0.1, 0.1, 0.0, 0.0),
     fonts=("DejaVuSans", "DejaVuSans-Bold", "DejaVuSerif", "DejaVuSansMono"),
     background_weights=(0.7, 0.2, 0.1, 0.0),
+    background_contrast=0.5,
+    font_size=(20, 40),
+    perspective=0.0,
 )
 # Recogniser changes to the DPTR demo that make fine-tuning learn within the budget: full-height 32x4 patches (32
 # column tokens instead of 128), no decoder dropout, 2 permutations, lr 4e-3 and more steps (a step takes 167 ms
@@ -66,6 +70,7 @@ def eval_config() -> ml_collections.ConfigDict:
     s.side_points = 16
     s.layout = "contour"
     s.min_score = 0.0
+    s.pad = 0.1  # grow each region by this fraction of its height (detections are tight, training crops are not)
     s.postprocess = ml_collections.ConfigDict()  # DB post-processing overrides
     lex = config.lexicon = ml_collections.ConfigDict()
     lex.kind = "none"

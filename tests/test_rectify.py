@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clip_text_spot.rectify import order_quad, polygon_sides, rectify, region_geometry
+from clip_text_spot.rectify import order_quad, pad_quad, pad_sides, polygon_sides, rectify, region_geometry
 
 SIZE = (32, 128)
 
@@ -90,3 +90,21 @@ def test_supersampling_averages_fine_detail():
     point = _rectify(image, [quad], supersample=1)[0]
     smooth = _rectify(image, [quad], supersample=2)[0]
     assert abs(smooth.mean() - 127.5) < 2 and smooth.std() < point.std()
+
+
+def test_padding_grows_regions_by_a_fraction_of_their_height():
+    quad = np.array([[10, 20], [110, 20], [110, 40], [10, 40]], np.float32)  # 100 x 20
+    np.testing.assert_allclose(pad_quad(quad, 0.25), [[5, 15], [115, 15], [115, 45], [5, 45]], atol=1e-5)
+    top = np.array([[10, 20], [60, 20], [110, 20]], np.float32)
+    bottom = top + [0, 20]
+    new_top, new_bottom = pad_sides(top, bottom, 0.25)
+    np.testing.assert_allclose(new_top, [[5, 15], [60, 15], [115, 15]], atol=1e-5)
+    np.testing.assert_allclose(new_bottom, [[5, 45], [60, 45], [115, 45]], atol=1e-5)
+
+
+def test_short_words_read_horizontally_and_long_upright_boxes_vertically():
+    square_ish = np.array([[55, 228], [74, 221], [80, 236], [61, 243]], np.float32)  # "it": 20 wide, 16 tall
+    got = order_quad(square_ish)
+    assert abs(got[1, 0] - got[0, 0]) > abs(got[1, 1] - got[0, 1])  # top edge runs along x
+    upright = np.array([[20, 10], [50, 10], [50, 200], [20, 200]], np.float32)
+    np.testing.assert_array_equal(order_quad(upright), [[20, 200], [20, 10], [50, 10], [50, 200]])  # bottom to top

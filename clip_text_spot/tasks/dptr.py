@@ -319,7 +319,10 @@ class DptrFinetuneTask(_DptrTask):
     def train_batches(self, *, seed: int, process_index: int, process_count: int) -> Iterator[dict[str, Any]]:
         data = self.config.data
         if data.train == "synthetic":
-            source: Sequence = SyntheticRecSource(10_000_000, split="train", seed=seed, style=self._style())
+            margin = tuple(data.get("margin", (0.05, 0.25)))
+            source: Sequence = SyntheticRecSource(
+                10_000_000, split="train", seed=seed, style=self._style(), margin=margin
+            )
         elif data.train.startswith("lmdb:"):
             source = read_lmdb(data.train[len("lmdb:") :])
         else:
