@@ -110,7 +110,8 @@ def finetune_config(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     d.eval = ("synthetic",)  # synthetic | lmdb:ROOT | folder:LABELS_FILE
     d.augment = True  # PARSeq RandAugment on training crops
     d.style = ml_collections.ConfigDict()  # synthetic crops: TextStyle overrides of data.synthetic.REC_STYLE
-    d.margin = (0.05, 0.25)  # synthetic training crops: background per side, (min, max) fractions of the word height
+    d.margin = (0.05, 0.25)  # synthetic crops: background per side, (min, max) fractions of the word height
+    d.box_jitter = 0.0  # > 0: synthetic crops cut along the word's jittered quad, like a spotter's rectification
     d.eval_samples = 1000  # synthetic held-out crops
     d.workers = 0
     return config

@@ -128,6 +128,21 @@ def test_recognition_crops():
         assert charset.filter_label(s.label) == s.label
 
 
+def test_quad_crops_are_upright_and_framed_like_rectified_detections():
+    """Rotated words cut along their jittered quads: upright crops with the word's height and length."""
+    style = TextStyle(max_rotation=15.0, perspective=0.0, curve_prob=0.0, min_chars=4, font_size=(30, 30))
+    plain = SyntheticRecSource(10, seed=2, style=style)
+    quads = SyntheticRecSource(10, seed=2, style=style, box_jitter=0.05, margin=(0.1, 0.1))
+    for i in range(6):
+        crop, box = quads[i], plain[i]
+        assert crop.label == box.label and crop.image.dtype == np.uint8
+        h, w = crop.image.shape[:2]
+        assert w > 1.5 * h  # four or more characters side by side, read along the word
+        # an axis-aligned box around a rotated word is taller than the word itself
+        assert h <= box.image.shape[0] + 2
+    assert np.array_equal(quads[3].image, quads[3].image)
+
+
 def test_bundled_fonts_and_images_are_present():
     for name in DEJAVU_FONTS:
         assert font_path(name).endswith(f"{name}.ttf")

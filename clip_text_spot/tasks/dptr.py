@@ -316,13 +316,18 @@ class DptrFinetuneTask(_DptrTask):
         except TypeError as err:
             raise ValueError(f"--config.data.style: {err}") from None
 
+    def _synthetic(self, split: str, size: int, seed: int) -> SyntheticRecSource:
+        """Synthetic crops of ``--config.data.style`` (``data.margin``, ``data.box_jitter``: see the source)."""
+        data = self.config.data
+        return SyntheticRecSource(
+            size, split=split, seed=seed, style=self._style(), margin=tuple(data.get("margin", (0.05, 0.25))),
+            box_jitter=float(data.get("box_jitter", 0.0)),
+        )  # fmt: skip
+
     def train_batches(self, *, seed: int, process_index: int, process_count: int) -> Iterator[dict[str, Any]]:
         data = self.config.data
         if data.train == "synthetic":
-            margin = tuple(data.get("margin", (0.05, 0.25)))
-            source: Sequence = SyntheticRecSource(
-                10_000_000, split="train", seed=seed, style=self._style(), margin=margin
-            )
+            source: Sequence = self._synthetic("train", 10_000_000, seed)
         elif data.train.startswith("lmdb:"):
             source = read_lmdb(data.train[len("lmdb:") :])
         else:
@@ -350,9 +355,7 @@ class DptrFinetuneTask(_DptrTask):
             kind, _, arg = spec.partition(":")
             if kind == "synthetic":
                 n = int(self.config.data.eval_samples)
-                sets.append(
-                    ("synthetic", SyntheticRecSource(n, split="eval", seed=self.config.seed, style=self._style()))
-                )
+                sets.append(("synthetic", self._synthetic("eval", n, self.config.seed)))
             elif kind == "lmdb" and arg:
                 sets += _lmdb_sets(arg)
             elif kind == "folder" and arg:

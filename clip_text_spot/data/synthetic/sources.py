@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import operator
 
+import cv2
 import numpy as np
 
 from clip_text_spot.data.synthetic.backgrounds import make_background
-from clip_text_spot.data.synthetic.render import DET_STYLE, TextStyle, paste_word, place_word, shape_word
+from clip_text_spot.data.synthetic.render import DET_STYLE, ShapedWord, TextStyle, paste_word, place_word, shape_word
 from clip_text_spot.data.synthetic.words import sample_word, vocabulary
 from clip_text_spot.data.types import DetSample, RecSample
 
@@ -132,7 +133,10 @@ class SyntheticRecSource(_Source):
     """Single-word crops; ``source[i]`` is a ``RecSample`` with a uint8 HWC image of variable size.
 
     The crop is the word's bounding box plus a margin drawn per side in ``margin`` (fractions of the box height);
-    crops are resized by the recognition pipeline, not here.
+    crops are resized by the recognition pipeline, not here. With ``box_jitter`` > 0 a straight word is instead cut
+    out along its own quadrilateral, as a spotter's rectification does: the quad grown by the per-side margins,
+    each corner moved by normal noise of ``box_jitter`` x the word height (the error of detected boxes), and
+    warped to an upright crop.
     """
 
     task = "rec"
@@ -145,17 +149,23 @@ class SyntheticRecSource(_Source):
         seed: int = 0,
         style: TextStyle = REC_STYLE,
         margin: tuple[float, float] = (0.05, 0.25),
+        box_jitter: float = 0.0,
     ):
         super().__init__(num_samples, split, seed, style)
         if not 0 <= margin[0] <= margin[1]:
             raise ValueError(f"margin must be (min, max) with 0 <= min <= max, got {margin}")
+        if box_jitter < 0:
+            raise ValueError(f"box_jitter must be >= 0, got {box_jitter}")
         self.margin = margin
+        self.box_jitter = float(box_jitter)
 
     def __getitem__(self, index: int) -> RecSample:
         index, rng = self._rng(index)
         style = self.style
         text = sample_word(rng, vocabulary(style.vocab_size, style.min_chars), style.word_kind_weights)
         word = shape_word(rng, text, style)
+        if self.box_jitter > 0 and len(word.polygon) == 4:
+            return RecSample(image=self._quad_crop(rng, word), label=text, name=self._name(index))
         lo, hi = word.polygon.min(axis=0), word.polygon.max(axis=0)
         left, top, right, bottom = rng.uniform(*self.margin, size=4) * (hi[1] - lo[1])
         w = int(np.ceil(hi[0] - lo[0] + left + right))
@@ -163,3 +173,23 @@ class SyntheticRecSource(_Source):
         image = make_background(rng, h, w, style.background_weights, style.background_contrast)
         paste_word(image, word, np.array([left, top]) - lo, rng, style.min_contrast)
         return RecSample(image=image, label=text, name=self._name(index))
+
+    def _quad_crop(self, rng: np.random.Generator, word: ShapedWord) -> np.ndarray:
+        """The word cut out along its grown and jittered quad (TL, TR, BR, BL), warped upright."""
+        tl, tr, br, bl = word.polygon
+        across, along = 0.5 * ((bl - tl) + (br - tr)), 0.5 * ((tr - tl) + (br - bl))
+        height, width = float(np.linalg.norm(across)), float(np.linalg.norm(along))
+        u, v = along / max(width, 1e-6), across / max(height, 1e-6)
+        left, top, right, bottom = rng.uniform(*self.margin, size=4) * height
+        quad = np.stack([tl - left * u - top * v, tr + right * u - top * v, br + right * u + bottom * v,
+                         bl - left * u + bottom * v])  # fmt: skip
+        quad = quad + rng.normal(0.0, self.box_jitter * height, size=(4, 2))
+        lo = np.floor(np.minimum(quad.min(axis=0), word.polygon.min(axis=0))) - 2  # canvas holds word and quad
+        size = np.ceil(np.maximum(quad.max(axis=0), word.polygon.max(axis=0)) - lo).astype(int) + 2
+        canvas = make_background(rng, int(size[1]), int(size[0]), self.style.background_weights,
+                                 self.style.background_contrast)  # fmt: skip
+        paste_word(canvas, word, -lo, rng, self.style.min_contrast)
+        out_w, out_h = max(2, round(width + left + right)), max(2, round(height + top + bottom))
+        target = np.array([[0, 0], [out_w, 0], [out_w, out_h], [0, out_h]], np.float32)
+        hom = cv2.getPerspectiveTransform((quad - lo).astype(np.float32), target)
+        return cv2.warpPerspective(canvas, hom, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
