@@ -11,7 +11,6 @@ one process. Prints one JSON line; ``ratio`` < 1 means ours is faster. Requires 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,6 +23,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
+from report import device_fields, emit  # noqa: E402
 from transformers import CLIPConfig, CLIPModel  # noqa: E402
 
 from clip_text_spot.models.clip import load_pretrained, preset  # noqa: E402
@@ -109,8 +109,7 @@ def main() -> None:
         "bench": "clip_vs_torch",
         "preset": a.preset,
         "batch": a.batch,
-        "device": jax.devices()[0].device_kind,
-        "jax": jax.__version__,
+        **device_fields(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "max_abs_err_image": err_img,
@@ -119,12 +118,7 @@ def main() -> None:
         "ratio_image": round(t["jax_image"] / t["torch_image"], 3),
         "ratio_text": round(t["jax_text"] / t["torch_text"], 3),
     }
-    line = json.dumps(out)
-    print(line)
-    if a.output:
-        os.makedirs(os.path.dirname(a.output) or ".", exist_ok=True)
-        with open(a.output, "w") as f:
-            f.write(line + "\n")
+    emit(out, a.output)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ other processes (through shared caches only), the wall-clock worker rate is.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 
 import cv2
 import numpy as np
+from report import emit
 
 from clip_text_spot.data.augment import PARSEQ_AUG
 from clip_text_spot.data.pipeline import DetTrainTransform, RecTrainTransform, make_det_train_iter
@@ -117,12 +117,7 @@ def main() -> None:
     if args.workers:
         result.update(bench_workers(args.workers, args.n, args.words))
     result["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(line + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

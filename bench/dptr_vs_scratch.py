@@ -13,13 +13,14 @@ PARSeq convention) at every evaluation step. Prints one JSON line and writes it 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from report import emit  # noqa: E402
 
 from clip_text_spot.logs import read_metrics  # noqa: E402
 from clip_text_spot.main import resolve_stage_refs  # noqa: E402
@@ -89,11 +90,7 @@ def main() -> None:
         "load_avg_1min_end": round(os.getloadavg()[0], 2),
         "workdir": workdir,
     }
-    line = json.dumps(result)
-    print(line)
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        f.write(line + "\n")
+    emit(result, args.output)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ device, the jax version and the figures; on a CPU keep the batch small (the defa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from report import device_fields, emit  # noqa: E402
 
 from clip_text_spot import trainer  # noqa: E402
 from clip_text_spot.postprocess.db import db_postprocess  # noqa: E402
@@ -93,13 +93,9 @@ def main() -> None:
     ap.add_argument("--output", default="", help="also write the JSON line to this file")
     a = ap.parse_args()
     hw = tuple(int(v) for v in a.infer_size.split(","))
-    dev = jax.devices()[0]
     out = {
         "bench": "fasttcm",
-        "device": getattr(dev, "device_kind", dev.platform),
-        "platform": dev.platform,
-        "devices": jax.device_count(),
-        "jax": jax.__version__,
+        **device_fields(),
         "config": a.config,
         "dtype": a.dtype,
         "train_batch": a.train_batch,
@@ -113,12 +109,7 @@ def main() -> None:
         fps = inference_fps(variant, a.config, a.infer_images, a.dtype, hw)
         out.update({f"{variant}_infer_{k}": round(v, 3) for k, v in fps.items()})
     out["fasttcm_over_tcm_fps"] = round(out["fasttcm_infer_fps"] / out["tcm_infer_fps"], 3)
-    line = json.dumps(out)
-    print(line)
-    if a.output:
-        os.makedirs(os.path.dirname(a.output) or ".", exist_ok=True)
-        with open(a.output, "w") as f:
-            f.write(line + "\n")
+    emit(out, a.output)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,15 @@ The first batch and every crop-count bucket are compiled before timing. Prints o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
+from report import device_fields, emit  # noqa: E402
 
 from clip_text_spot.data.db_targets import DB_TARGETS, db_targets  # noqa: E402
 from clip_text_spot.data.synthetic import SyntheticDetSource  # noqa: E402
@@ -110,12 +109,9 @@ def main() -> None:
     samples = [source[i] for i in range(len(source))]
     times = time_spotting(spotter, samples[: a.batch], samples[a.batch :], a.batch, truth_regions=not a.workdir)
     staged = sum(times[k] for k in STAGES)
-    dev = jax.devices()[0]
     out = {
         "bench": "spot",
-        "device": getattr(dev, "device_kind", dev.platform),
-        "platform": dev.platform,
-        "jax": jax.__version__,
+        **device_fields(),
         "models": "trained:" + a.workdir if a.workdir else f"random:{a.models}",
         "regions": "detected" if a.workdir else "ground-truth kernel maps",
         "detector_input": list(spotter.eval_size),
@@ -128,12 +124,7 @@ def main() -> None:
         "stage_share": {k: round(times[k] / staged, 3) for k in STAGES},
         "stage_seconds_per_image": {k: round(times[k] / a.images, 4) for k in STAGES},
     }
-    line = json.dumps(out)
-    print(line)
-    if a.output:
-        os.makedirs(os.path.dirname(a.output) or ".", exist_ok=True)
-        with open(a.output, "w") as f:
-            f.write(line + "\n")
+    emit(out, a.output)
 
 
 if __name__ == "__main__":
