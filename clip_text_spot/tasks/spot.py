@@ -40,7 +40,11 @@ def spot_options(config: ml_collections.ConfigDict) -> SpotOptions:
 
 
 def spotting_metrics(
-    samples: Sequence[DetSample], words: Sequence[Sequence[Word]], *, word_spotting: bool = False, int_coords=False
+    samples: Sequence[DetSample],
+    words: Sequence[Sequence[Word]],
+    *,
+    word_spotting: bool = False,
+    int_coords: bool = False,
 ) -> dict[str, float]:
     """End-to-end and detection-only scores of ``words`` against the polygons and texts of ``samples``."""
     gts = {i: TextInstances.from_det_sample(s) for i, s in enumerate(samples)}
