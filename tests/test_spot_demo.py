@@ -104,28 +104,29 @@ def test_predict_rec_errors_name_the_problem(demo_workdir, tmp_path, capsys):
 
 def test_spot_cli_on_real_scenes(demo_workdir, tmp_path, capsys):
     ic15 = DATA / "readers" / "det_toy" / "imgs" / "test"
-    photo = DATA / "readers" / "opencv_text" / "scenetext01.jpg"
+    photo = tmp_path / "scene_7.jpg"  # the OpenCV sample photo, numbered for the submission
+    photo.write_bytes((DATA / "readers" / "opencv_text" / "scenetext01.jpg").read_bytes())
     out, zip_path = tmp_path / "out", tmp_path / "e2e.zip"
     args = [f"--detector={demo_workdir}", f"--recognizer={demo_workdir}", f"--output={out}", "--batch_size=2"]
-    assert spot.main([*args, str(ic15), str(photo)]) == 0
+    assert spot.main([*args, str(ic15), str(photo), f"--submission={zip_path}"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["images"] == 3 and summary["images_per_s"] > 0
     assert set(summary["stage_share"]) == {"preprocess", "detector", "postprocess", "rectify", "recognizer"}
     assert abs(sum(summary["stage_share"].values()) - 1.0) < 0.01
-    for name, (w, h) in {"img_1": (1280, 720), "img_2": (1280, 720), "scenetext01": (800, 600)}.items():
+    for name, (w, h) in {"img_1": (1280, 720), "img_2": (1280, 720), "scene_7": (800, 600)}.items():
         record = json.loads((out / f"{name}.json").read_text())
         assert (record["width"], record["height"]) == (w, h)
         for word in record["words"]:
             assert set(word) == {"polygon", "score", "text", "confidence"} and 0.0 <= word["confidence"] <= 1.0
         assert (out / f"{name}.png").stat().st_size > 1000
-    assert summary["words"] == sum(
-        len(json.loads((out / f"{n}.json").read_text())["words"]) for n in ("img_1", "img_2", "scenetext01")
-    )
+    words = [json.loads((out / f"{n}.json").read_text())["words"] for n in ("img_1", "img_2", "scene_7")]
+    assert summary["words"] == sum(len(w) for w in words)
+    lines = {n: zipfile.ZipFile(zip_path).read(n).decode().splitlines() for n in zipfile.ZipFile(zip_path).namelist()}
+    assert sorted(lines) == ["res_img_1.txt", "res_img_2.txt", "res_img_7.txt"]
+    assert [len(lines[f"res_img_{k}.txt"]) for k in (1, 2, 7)] == [len(w) for w in words]
 
-    assert spot.main([*args, str(ic15), f"--submission={zip_path}"]) == 0
-    capsys.readouterr()
-    assert sorted(zipfile.ZipFile(zip_path).namelist()) == ["res_img_1.txt", "res_img_2.txt"]
-    assert spot.main([*args, str(ic15), str(photo), f"--submission={zip_path}"]) == 2  # img_1 and scenetext01
+    photo.rename(tmp_path / "scene_1.jpg")
+    assert spot.main([*args, str(ic15), str(tmp_path / "scene_1.jpg"), f"--submission={zip_path}"]) == 2
     assert "same image number 1" in capsys.readouterr().err
 
 
