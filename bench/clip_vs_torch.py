@@ -1,16 +1,22 @@
 """CLIP towers: clip_text_spot (JAX, jitted) vs transformers' PyTorch CLIPModel, same random weights and inputs, f32.
 
-    python bench/clip_vs_torch.py [--preset=vit_b16] [--batch=8] [--repeats=5] [--threads=0] [--output=FILE]
+    python bench/clip_vs_torch.py [--preset=vit_b16] [--batch=8] [--rounds=15] [--threads=0] [--call=bound]
+                                  [--output=FILE]
 
 Builds a PyTorch ``CLIPModel`` with the preset's architecture and random weights, saves it with ``save_pretrained``
 and loads it with ``load_pretrained`` (so both run identical weights), checks the outputs agree, then times
-``encode_image`` at 224x224 and ``encode_text`` at 77 tokens (median of ``repeats`` after a warm-up) alternately in
-one process. Prints one JSON line; ``ratio`` < 1 means ours is faster. Requires torch (a test dependency).
+``encode_image`` at 224x224 and ``encode_text`` at 77 tokens against ``get_image_features`` /
+``get_text_features``. Each round calls ours then PyTorch's back to back, after a warm-up; ``ratio_*`` is the median
+over rounds of ours / PyTorch's (a shared machine drifts by tens of percent between minutes, much less between two
+adjacent calls), ``*_s`` are median seconds. ``ratio`` < 1 means ours is faster. ``--call=nnx`` times the same model
+through ``nnx.jit`` instead of ``models.inference.inference_fn`` (what its graph walk per call costs). Requires torch
+(a test dependency).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -26,7 +32,8 @@ from flax import nnx  # noqa: E402
 from report import device_fields, emit  # noqa: E402
 from transformers import CLIPConfig, CLIPModel  # noqa: E402
 
-from clip_text_spot.models.clip import load_pretrained, preset  # noqa: E402
+from clip_text_spot.models.clip import CLIP, load_pretrained, preset  # noqa: E402
+from clip_text_spot.models.inference import inference_fn  # noqa: E402
 
 
 def hf_config(name: str) -> CLIPConfig:
@@ -46,21 +53,26 @@ def hf_config(name: str) -> CLIPConfig:
     )  # fmt: skip
 
 
-def median_time(fn, repeats: int) -> float:
+def seconds(fn) -> float:
+    t0 = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return time.perf_counter() - t0
+
+
+def paired_times(ours, theirs, rounds: int) -> tuple[float, float, float]:
+    """(median seconds of ``ours``, of ``theirs``, median per-round ratio), calling them alternately."""
+    ours(), theirs()
+    pairs = [(seconds(ours), seconds(theirs)) for _ in range(rounds)]
+    a, b = zip(*pairs, strict=True)
+    return statistics.median(a), statistics.median(b), statistics.median(x / y for x, y in pairs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="vit_b16")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--call", choices=("bound", "nnx"), default="bound", help="inference_fn (default) or nnx.jit")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--output", default="")
     a = ap.parse_args()
@@ -77,8 +89,11 @@ def main() -> None:
     ids = rng.integers(1, 49000, size=(a.batch, 77)).astype(np.int64)
     ids[:, -1] = 49407
     px_nhwc = np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
-    image_fn = nnx.jit(lambda m, x: m.encode_image(x))
-    text_fn = nnx.jit(lambda m, t: m.encode_text(t))
+    if a.call == "nnx":
+        image_fn = functools.partial(nnx.jit(CLIP.encode_image), ours)
+        text_fn = functools.partial(nnx.jit(CLIP.encode_text), ours)
+    else:
+        image_fn, text_fn = inference_fn(CLIP.encode_image, ours), inference_fn(CLIP.encode_text, ours)
 
     def feats(out):
         return out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -86,8 +101,8 @@ def main() -> None:
     with torch.no_grad():
         ref_img = feats(hf.get_image_features(pixel_values=torch.from_numpy(pixels))).numpy()
         ref_txt = feats(hf.get_text_features(input_ids=torch.from_numpy(ids))).numpy()
-    err_img = float(np.abs(np.asarray(image_fn(ours, px_nhwc)) - ref_img).max())
-    err_txt = float(np.abs(np.asarray(text_fn(ours, ids)) - ref_txt).max())
+    err_img = float(np.abs(np.asarray(image_fn(px_nhwc)) - ref_img).max())
+    err_txt = float(np.abs(np.asarray(text_fn(ids)) - ref_txt).max())
 
     def torch_image():
         with torch.no_grad():
@@ -98,13 +113,13 @@ def main() -> None:
             hf.get_text_features(input_ids=torch.from_numpy(ids))
 
     def jax_image():
-        jax.block_until_ready(image_fn(ours, px_nhwc))
+        jax.block_until_ready(image_fn(px_nhwc))
 
     def jax_text():
-        jax.block_until_ready(text_fn(ours, ids))
+        jax.block_until_ready(text_fn(ids))
 
-    fns = {"torch_image": torch_image, "jax_image": jax_image, "torch_text": torch_text, "jax_text": jax_text}
-    t = {name: median_time(fn, a.repeats) for name, fn in fns.items()}
+    jax_image_s, torch_image_s, ratio_image = paired_times(jax_image, torch_image, a.rounds)
+    jax_text_s, torch_text_s, ratio_text = paired_times(jax_text, torch_text, a.rounds)
     out = {
         "bench": "clip_vs_torch",
         "preset": a.preset,
@@ -114,9 +129,14 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "max_abs_err_image": err_img,
         "max_abs_err_text": err_txt,
-        **{f"{k}_s": round(v, 4) for k, v in t.items()},
-        "ratio_image": round(t["jax_image"] / t["torch_image"], 3),
-        "ratio_text": round(t["jax_text"] / t["torch_text"], 3),
+        "call": a.call,
+        "rounds": a.rounds,
+        "torch_image_s": round(torch_image_s, 4),
+        "jax_image_s": round(jax_image_s, 4),
+        "torch_text_s": round(torch_text_s, 4),
+        "jax_text_s": round(jax_text_s, 4),
+        "ratio_image": round(ratio_image, 3),
+        "ratio_text": round(ratio_text, 3),
     }
     emit(out, a.output)
 

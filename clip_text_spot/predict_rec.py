@@ -68,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flax import nnx
-
     from clip_text_spot import checkpoint
     from clip_text_spot.data.readers import read_crop_folder, read_lmdb
     from clip_text_spot.dptr.predict import crop_pixels, predict_texts, score
     from clip_text_spot.metrics.recognition import read_labels
+    from clip_text_spot.models.dptr.recognizer import DptrRecognizer
+    from clip_text_spot.models.inference import inference_fn
     from clip_text_spot.tasks.dptr import DptrFinetuneTask
     from clip_text_spot.trainer import restore_model
 
@@ -113,8 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise ValueError(f"{name}: {err}") from None
     pixels = np.stack(pixels)
-    predict = nnx.jit(lambda m, x: m.predict(x))
-    texts = predict_texts(predict, model, pixels, task.charset, args.batch_size)
+    texts = predict_texts(inference_fn(DptrRecognizer.predict, model), pixels, task.charset, args.batch_size)
     lines = [f"{name}\t{text}" for name, text in zip(names, texts, strict=True)]
     print("\n".join(lines))
     if args.output:

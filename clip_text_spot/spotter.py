@@ -35,10 +35,12 @@ from clip_text_spot import checkpoint, vis
 from clip_text_spot.data.pipeline import DB_MEAN, DB_STD, REC_MEAN, REC_STD, DetEvalTransform, decode_image
 from clip_text_spot.data.types import DetSample
 from clip_text_spot.metrics.spotting import Lexicon, LexiconMatcher
+from clip_text_spot.models.inference import inference_fn
 from clip_text_spot.postprocess.db import db_postprocess_batch
 from clip_text_spot.rectify import LAYOUTS, rectify, region_geometry
 
 if TYPE_CHECKING:
+    from clip_text_spot.models.dptr.recognizer import DptrRecognizer
     from clip_text_spot.tasks.dptr import DptrFinetuneTask
     from clip_text_spot.tasks.fasttcm import FastTCMTask
 
@@ -111,6 +113,12 @@ def _confident_text(ids: np.ndarray, probs: np.ndarray, eos: int) -> tuple[np.nd
     return length, np.where(used, probs, 1.0).prod(1)
 
 
+def _read_crops(model: DptrRecognizer, crops: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-step argmax ids and their probabilities [N, steps] of normalised word crops."""
+    probs = jax.nn.softmax(model.predict(crops).astype(jnp.float32), axis=-1)
+    return probs.argmax(-1), probs.max(-1)
+
+
 class Spotter:
     """Detector + recogniser pipeline (module docstring). Build with ``Spotter.from_checkpoints`` or from models."""
 
@@ -134,7 +142,6 @@ class Spotter:
         self.crop_size = tuple(rec_task.encoder_cfg.image_size)
         self._transform = DetEvalTransform(size=self.eval_size, max_polys=1, targets=None)
         self._prob = det_task.predict_fn(det_model)
-        self._rec_model = rec_model
         db_mean, db_std = jnp.asarray(DB_MEAN, jnp.float32), jnp.asarray(DB_STD, jnp.float32)
         rec_mean, rec_std = jnp.asarray(REC_MEAN, jnp.float32), jnp.asarray(REC_STD, jnp.float32)
         size, s = self.crop_size, options.supersample
@@ -145,12 +152,7 @@ class Spotter:
             out = rectify(pixels, sizes, image_index, quads, sides, is_quad, size=size, supersample=s)
             return (out - rec_mean) / rec_std
 
-        @nnx.jit
-        def read(model, x):
-            probs = jax.nn.softmax(model.predict(x).astype(jnp.float32), axis=-1)
-            return probs.argmax(-1), probs.max(-1)
-
-        self._crops, self._read = crops, read
+        self._crops, self._read = crops, inference_fn(_read_crops, rec_model)
         self.timings: dict[str, float] = collections.defaultdict(float)
 
     @classmethod
@@ -235,7 +237,7 @@ class Spotter:
             crops = self._timed("rectify", self._crops, device_images, sizes, index, quads, sides, is_quad)
 
             def recognise(crops=crops, n=n):
-                ids, probs = (np.asarray(a)[:n] for a in self._read(self._rec_model, crops))
+                ids, probs = (np.asarray(a)[:n] for a in self._read(crops))
                 lengths, conf = _confident_text(ids, probs, self.charset.EOS)
                 return [(self.charset.decode(row[:k]), float(c)) for row, k, c in zip(ids, lengths, conf, strict=True)]
 

@@ -52,10 +52,8 @@ def build_bank(
     clip_path: str, images: str, output: str, *, limit: int = 0, seed: int = 0, batch_size: int = 32
 ) -> dict:
     """Encode the images and write the bank; returns a summary (images, shape, bytes, seconds)."""
-    import jax
-    from flax import nnx
-
-    from clip_text_spot.models.clip import load_pretrained
+    from clip_text_spot.models.clip import CLIP, load_pretrained
+    from clip_text_spot.models.inference import inference_fn
 
     if not output.endswith(".npy"):
         raise ValueError(f"--output={output} must end with .npy")
@@ -66,15 +64,13 @@ def build_bank(
         raise ValueError(f"--clip={clip_path} has a ResNet image tower; the ORP bank needs a ViT (e.g. ViT-B/16)")
     size = clip.config.vision.image_size
     tokens = (size // clip.config.vision.patch_size) ** 2 + 1
-    encode = nnx.jit(lambda m, x: m.encode_image_tokens(x))
+    encode = inference_fn(CLIP.encode_image_tokens, clip)
     partial = output + ".partial"
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     bank = np.lib.format.open_memmap(
         partial, mode="w+", dtype=np.float16, shape=(len(files), tokens, clip.config.embed_dim)
     )
-    encode_in_batches(
-        (_load(f, size) for f in files), len(files), lambda x: encode(clip, jax.numpy.asarray(x)), bank, batch_size
-    )
+    encode_in_batches((_load(f, size) for f in files), len(files), encode, bank, batch_size)
     bank.flush()
     shape = bank.shape
     del bank

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from flax import nnx
 
 from clip_text_spot.data.augment import resize_rec
 from clip_text_spot.data.pipeline import REC_MEAN, REC_STD, decode_image, normalize
@@ -27,13 +26,12 @@ def crop_pixels(image: bytes | np.ndarray, size: tuple[int, int] = (32, 128)) ->
 
 
 def predict_texts(
-    predict: Callable[[nnx.Module, np.ndarray], np.ndarray],
-    model: nnx.Module,
+    predict: Callable[[np.ndarray], np.ndarray],
     inputs: np.ndarray,
     charset: Charset,
     batch_size: int,
 ) -> list[str]:
-    """Texts of ``predict(model, batch) -> logits [b, steps, classes]`` over ``inputs`` [N, ...], in fixed-size
+    """Texts of ``predict(batch) -> logits [b, steps, classes]`` over ``inputs`` [N, ...], in fixed-size
     batches (the last one padded with zeros, so a jitted ``predict`` compiles once)."""
     texts: list[str] = []
     for start in range(0, len(inputs), batch_size):
@@ -41,7 +39,7 @@ def predict_texts(
         n = len(batch)
         if n < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
-        ids = np.asarray(predict(model, batch)).argmax(-1)[:n]
+        ids = np.asarray(predict(batch)).argmax(-1)[:n]
         texts.extend(charset.decode(row) for row in ids)
     return texts
 

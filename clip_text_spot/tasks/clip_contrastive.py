@@ -22,9 +22,15 @@ from clip_text_spot.data.synthetic.render import TextStyle
 from clip_text_spot.models.clip import CLIP, l2_normalize, load_pretrained, preset
 from clip_text_spot.models.clip.convert import assign_flat, model_flat_state
 from clip_text_spot.models.clip.tokenizer import CLIPTokenizer
+from clip_text_spot.models.inference import inference_fn
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32) * 255
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32) * 255
+
+
+def _embed(model: CLIP, images: jax.Array, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Unit-norm image and text embeddings."""
+    return l2_normalize(model.encode_image(images)), l2_normalize(model.encode_text(ids))
 
 
 class _Encode:
@@ -113,8 +119,7 @@ class ClipContrastiveTask:
         images = np.stack([r["image"] for r in rows])
         ids = np.stack([r["input_ids"] for r in rows])
         labels = np.stack([r["label"] for r in rows])
-        embed = nnx.jit(lambda m, x, t: (l2_normalize(m.encode_image(x)), l2_normalize(m.encode_text(t))))
-        img, txt = embed(model, images, ids)
+        img, txt = inference_fn(_embed, model)(images, ids)
         best = np.asarray(jnp.argmax(img @ txt.T, axis=1))
         correct = np.all(labels[best] == labels, axis=1)
         return {"retrieval_top1": float(correct.mean()), "eval_samples": n}

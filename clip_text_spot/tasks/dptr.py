@@ -49,6 +49,12 @@ from clip_text_spot.models.clip.tokenizer import CLIPTokenizer
 from clip_text_spot.models.dptr.config import DecoderConfig, EncoderConfig, from_mapping
 from clip_text_spot.models.dptr.pretrain import ClipTextMemory, DptrPretrainModel, check_clip_widths, prompt_ids
 from clip_text_spot.models.dptr.recognizer import DptrRecognizer
+from clip_text_spot.models.inference import inference_fn
+
+
+def _decode_memory(model: DptrPretrainModel, memory: jax.Array) -> jax.Array:
+    """Decoder logits of pseudo visual embeddings ``memory`` (pre-training evaluation)."""
+    return model.decoder.predict(memory)
 
 
 def _teacher_forced_accuracy(logits: jax.Array, label: jax.Array, pad: int) -> jax.Array:
@@ -67,10 +73,6 @@ class _DptrTask:
         self.charset = Charset(
             config.model.charset, max_len=self.decoder_cfg.max_len, unicode_to_ascii=config.model.unicode_to_ascii
         )
-
-    @functools.cached_property
-    def _predict(self):
-        return nnx.jit(lambda model, x: model.predict(x))
 
     def loss(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
         rngs = nnx.Rngs(dropout=rng)
@@ -127,8 +129,7 @@ class DptrPretrainTask(_DptrTask):
 
     @functools.cached_property
     def _host_text_encoder(self):
-        text, encode = ClipTextMemory(self.host_clip), nnx.jit(lambda m, ids: m(ids))
-        return lambda ids: encode(text, ids)
+        return inference_fn(ClipTextMemory.__call__, ClipTextMemory(self.host_clip))
 
     def _encode_labels(self, labels: list[str]) -> np.ndarray:
         """[n, memory_len, width] CLIP text memories of ``labels`` with the host CLIP (fixed-size batches)."""
@@ -208,8 +209,7 @@ class DptrPretrainTask(_DptrTask):
             for _ in range(count)
         )
         out = np.zeros((count, tokens, clip.config.embed_dim), np.float16)
-        encode = nnx.jit(lambda m, x: m.encode_image_tokens(x))
-        encode_in_batches(images, count, lambda x: encode(clip, x), out, min(count, 32))
+        encode_in_batches(images, count, inference_fn(CLIP.encode_image_tokens, clip), out, min(count, 32))
         return out
 
     # -- Task protocol ---------------------------------------------------------------------------------------------
@@ -263,20 +263,12 @@ class DptrPretrainTask(_DptrTask):
         else:
             ids = prompt_ids(self.tokenizer, labels)
             memory = np.zeros((len(labels), self.memory_len, self.decoder_cfg.dim), np.float32)
-            encode_in_batches(
-                iter(ids), len(labels), lambda x: self._clip_memory(model, x), memory, int(self.config.eval_batch_size)
-            )
-        texts = predict_texts(self._decode, model, memory, self.charset, int(self.config.eval_batch_size))
+            encode = inference_fn(ClipTextMemory.__call__, model.clip_text)
+            encode_in_batches(iter(ids), len(labels), encode, memory, int(self.config.eval_batch_size))
+        decode = inference_fn(_decode_memory, model)
+        texts = predict_texts(decode, memory, self.charset, int(self.config.eval_batch_size))
         names = [str(i) for i in range(len(labels))]
         return score(dict(zip(names, labels, strict=True)), dict(zip(names, texts, strict=True)))
-
-    @functools.cached_property
-    def _decode(self):
-        return nnx.jit(lambda model, memory: model.decoder.predict(memory))
-
-    @functools.cached_property
-    def _clip_memory(self):
-        return nnx.jit(lambda model, ids: model.clip_text(ids))
 
 
 # -------------------------------------------------------------------------------------------------- fine-tuning
@@ -371,12 +363,13 @@ class DptrFinetuneTask(_DptrTask):
         size = int(self.config.eval_batch_size)
         metrics: dict[str, float] = {}
         labels_all, preds_all = {}, {}
+        predict = inference_fn(DptrRecognizer.predict, model)
         for name, samples in self.eval_sets():
             gt, pred = {}, {}
             for start in range(0, len(samples), size):
                 items = [samples[i] for i in range(start, min(start + size, len(samples)))]
                 pixels = np.stack([crop_pixels(s.image, self.encoder_cfg.image_size) for s in items])
-                texts = predict_texts(self._predict, model, pixels, self.charset, size)
+                texts = predict_texts(predict, pixels, self.charset, size)
                 for i, (item, text) in enumerate(zip(items, texts, strict=True)):
                     gt[f"{name}/{start + i}"], pred[f"{name}/{start + i}"] = item.label, text
             result = score(gt, pred)

@@ -31,6 +31,7 @@ from clip_text_spot.models.clip import load_pretrained, preset
 from clip_text_spot.models.dbnet import db_loss, score_map_aux_loss
 from clip_text_spot.models.fasttcm.config import DecoderConfig, FastTCMConfig
 from clip_text_spot.models.fasttcm.detector import DetectorConfig, FastTCMDetector
+from clip_text_spot.models.inference import inference_fn
 from clip_text_spot.postprocess.db import db_postprocess_batch
 
 
@@ -67,6 +68,11 @@ def detection_sources(data: ml_collections.ConfigDict, seed: int) -> tuple[Any, 
     from clip_text_spot.data.prepare import open_split
 
     return open_split(data.root, data.train_split), open_split(data.root, data.eval_split)
+
+
+def _probability(model: FastTCMDetector, images: jax.Array, text_cache: jax.Array | None) -> jax.Array:
+    """The DB probability map [B, H, W] of normalised images (eval mode)."""
+    return model(images, text_cache)["prob"]
 
 
 class FastTCMTask:
@@ -129,13 +135,9 @@ class FastTCMTask:
 
     def predict_fn(self, model: FastTCMDetector):
         """A jitted ``images -> prob`` for ``model`` in eval mode (FastTCM: text embedding computed once here)."""
-        text_cache = nnx.jit(lambda m: m.precompute_text())(model) if model.config.fast else None
-
-        @nnx.jit
-        def prob(m, images, cache):
-            return m(images, cache)["prob"]
-
-        return lambda images: np.asarray(prob(model, images, text_cache))
+        text_cache = inference_fn(FastTCMDetector.precompute_text, model)() if model.config.fast else None
+        prob = inference_fn(_probability, model)
+        return lambda images: np.asarray(prob(images, text_cache))
 
     def evaluate(self, model: FastTCMDetector, step: int, workdir: str) -> dict[str, float]:
         data = self.config.data

@@ -57,8 +57,7 @@ class CLIP(nnx.Module):
         pixels = self._cast(pixels)
         if self.is_resnet:
             return self.vision_model(pixels).astype(jnp.float32)
-        _, pooled = self.vision_model(pixels)
-        return self.visual_projection(pooled).astype(jnp.float32)
+        return self.visual_projection(self.vision_model.pooled(pixels)).astype(jnp.float32)
 
     def encode_image_tokens(self, pixels: jax.Array) -> jax.Array:
         """ViT only: every token after ``post_layernorm`` and the projection [B, 1+N, embed_dim] (DPTR, ORP bank)."""
@@ -80,14 +79,12 @@ class CLIP(nnx.Module):
 
     def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """Token ids [B, L] -> projected EOT embedding [B, embed_dim] (equals HF ``get_text_features``)."""
-        _, pooled = self.text_model(input_ids, attention_mask)
-        return self.text_projection(pooled).astype(jnp.float32)
+        return self.text_projection(self.text_model.pooled(input_ids, attention_mask)).astype(jnp.float32)
 
     def encode_text_embeddings(self, token_embeds: jax.Array, eot_index: jax.Array) -> jax.Array:
         """Projected embedding [B, embed_dim] of a sequence given as token embeddings [B, L, width] (e.g. with
         learnable prompt contexts inserted), pooled at ``eot_index`` [B]."""
-        hidden = self.text_model.encode_embeddings(self._cast(token_embeds))
-        pooled = jnp.take_along_axis(hidden, eot_index[:, None, None], axis=1)[:, 0]
+        pooled = self.text_model.encode_embeddings(self._cast(token_embeds), rows=eot_index)[:, 0]
         return self.text_projection(pooled).astype(jnp.float32)
 
     def __call__(

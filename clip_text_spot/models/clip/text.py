@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from clip_text_spot.models.clip.config import TextConfig
-from clip_text_spot.models.layers import Dtype, Encoder, layer_norm
+from clip_text_spot.models.layers import Dtype, Encoder, layer_norm, take_rows
 
 
 class TextEmbeddings(nnx.Module):
@@ -61,9 +61,12 @@ class TextTransformer(nnx.Module):
         """Token embeddings [B, L, width] (no positions); used to build learnable-prompt sequences."""
         return self.embeddings.token_embedding(input_ids)
 
-    def encode_embeddings(self, token_embeds: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+    def encode_embeddings(
+        self, token_embeds: jax.Array, attention_mask: jax.Array | None = None, rows: jax.Array | None = None
+    ) -> jax.Array:
         """Run the tower on token embeddings [B, L, width] (positions are added here); returns all hidden states
-        after ``final_layer_norm`` [B, L, width]. ``attention_mask`` [B, L] (1 = keep) masks padded keys."""
+        after ``final_layer_norm`` [B, L, width], or [B, 1, width] at positions ``rows`` [B] only (the last block
+        then computes just those). ``attention_mask`` [B, L] (1 = keep) masks padded keys."""
         length = token_embeds.shape[1]
         if length > self.cfg.context_length:
             raise ValueError(
@@ -74,10 +77,14 @@ class TextTransformer(nnx.Module):
         mask = causal_mask(length)
         if attention_mask is not None:
             mask = mask & attention_mask.astype(bool)[:, None, None, :]
-        return self.final_layer_norm(self.encoder(x, mask=mask))
+        return self.final_layer_norm(self.encoder(x, mask=mask, rows=rows))
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Returns (hidden states after ``final_layer_norm`` [B, L, width], pooled EOT state [B, width])."""
         hidden = self.encode_embeddings(self.embed_tokens(input_ids), attention_mask)
-        pooled = jnp.take_along_axis(hidden, self.eot_index(input_ids)[:, None, None], axis=1)[:, 0]
-        return hidden, pooled
+        return hidden, take_rows(hidden, self.eot_index(input_ids), axis=1)[:, 0]
+
+    def pooled(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        """The pooled EOT state [B, width] alone; the last block computes only the EOT position."""
+        rows = self.eot_index(input_ids)
+        return self.encode_embeddings(self.embed_tokens(input_ids), attention_mask, rows=rows)[:, 0]

@@ -80,6 +80,11 @@ class VisionTransformer(nnx.Module):
         hidden = self.encoder(self.pre_layrnorm(self.embeddings(pixels)))
         return hidden, self.post_layernorm(hidden[:, 0])
 
+    def pooled(self, pixels: jax.Array) -> jax.Array:
+        """``post_layernorm(class token)`` [B, width] alone; the last block computes only the class token."""
+        x = self.pre_layrnorm(self.embeddings(pixels))
+        return self.post_layernorm(self.encoder(x, rows=jnp.zeros(x.shape[0], jnp.int32))[:, 0])
+
     def all_tokens(self, pixels: jax.Array) -> jax.Array:
         """``post_layernorm`` applied to every token [B, 1+N, width] (DPTR's modified CLIP; class token first)."""
         hidden, _ = self(pixels)

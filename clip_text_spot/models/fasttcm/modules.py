@@ -142,6 +142,5 @@ class ContextTextEncoder(nnx.Module):
         if cue is not None:
             x = x + cue.astype(x.dtype)[:, None, None, :]
         b = x.shape[0]
-        hidden = self.text_model.encode_embeddings(x.reshape(b * k, length, -1))
-        pooled = jnp.take_along_axis(hidden, jnp.tile(eot, b)[:, None, None], axis=1)[:, 0]
+        pooled = self.text_model.encode_embeddings(x.reshape(b * k, length, -1), rows=jnp.tile(eot, b))[:, 0]
         return self.text_projection(pooled).reshape(b, k, -1)
