@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 
@@ -14,6 +15,68 @@ def device_fields() -> dict[str, Any]:
     dev = jax.devices()[0]
     kind = getattr(dev, "device_kind", dev.platform)
     return {"device": kind, "platform": dev.platform, "devices": jax.device_count(), "jax": jax.__version__}
+
+
+# Dense bf16 tensor-core / MXU peak TFLOP/s per chip, by a substring of jax's ``device_kind`` (vendor data sheets;
+# the first match wins, so more specific names come first). MFU is reported against these whatever the dtype.
+BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("H800", 989.0),
+    ("A100", 312.0),
+    ("L4", 121.0),
+    ("TPU v4", 275.0),
+    ("TPU v5 lite", 197.0),
+    ("TPU v5e", 197.0),
+    ("TPU v5", 459.0),
+    ("TPU v6", 918.0),
+)
+
+
+def bf16_peak_flops(device_kind: str) -> float | None:
+    """Peak bf16 FLOP/s of one chip of ``device_kind``, or None when it is not in ``BF16_PEAK_TFLOPS`` (CPUs)."""
+    for name, tflops in BF16_PEAK_TFLOPS:
+        if name.lower() in device_kind.lower():
+            return tflops * 1e12
+    return None
+
+
+def compiled_flops(compiled: Any) -> float | None:
+    """The ``flops`` XLA's cost analysis gives a compiled executable (a dict, or a list of one per program)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops is not None else None
+
+
+def time_train_step(run: Any, batch_np: dict, steps: int) -> tuple[float, float | None]:
+    """(seconds per step, FLOPs of one device's program) of a ``trainer.setup`` run's step on ``batch_np``: the step
+    is compiled ahead of time (its cost analysis gives the FLOPs), run once untimed, then ``steps`` times."""
+    import jax
+
+    from clip_text_spot import parallel
+
+    state = run.init_state(load_pretrained=False)
+    with jax.set_mesh(run.mesh):
+        data = parallel.global_batch(batch_np, run.mesh)
+        step_fn = run.step_fn.lower(state, data).compile()
+        state, metrics = step_fn(state, data)
+        jax.block_until_ready(metrics)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = step_fn(state, data)
+        jax.block_until_ready(metrics)
+    return (time.perf_counter() - t0) / steps, compiled_flops(step_fn)
+
+
+def mfu(flops: float | None, seconds: float) -> float | None:
+    """Model FLOPs utilisation of one chip doing ``flops`` in ``seconds`` (None off the peak table)."""
+    import jax
+
+    peak = bf16_peak_flops(jax.devices()[0].device_kind)
+    return None if flops is None or peak is None else flops / seconds / peak
 
 
 def emit(record: dict[str, Any], path: str | None = None) -> None:
