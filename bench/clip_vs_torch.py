@@ -6,11 +6,11 @@
 Builds a PyTorch ``CLIPModel`` with the preset's architecture and random weights, saves it with ``save_pretrained``
 and loads it with ``load_pretrained`` (so both run identical weights), checks the outputs agree, then times
 ``encode_image`` at 224x224 and ``encode_text`` at 77 tokens against ``get_image_features`` /
-``get_text_features``. Each round calls ours then PyTorch's back to back, after a warm-up; ``ratio_*`` is the median
-over rounds of ours / PyTorch's (a shared machine drifts by tens of percent between minutes, much less between two
-adjacent calls), ``*_s`` are median seconds. ``ratio`` < 1 means ours is faster. ``--call=nnx`` times the same model
-through ``nnx.jit`` instead of ``models.inference.inference_fn`` (what its graph walk per call costs). Requires torch
-(a test dependency).
+``get_text_features``. After a warm-up, each round calls ours and PyTorch's back to back, which one goes first
+alternating; ``ratio_*`` is the median over rounds of ours / PyTorch's (a shared machine drifts by tens of percent
+between minutes, much less between two adjacent calls), ``*_s`` are median seconds. ``ratio`` < 1 means ours is
+faster. ``--call=nnx`` times the same model through ``nnx.jit`` instead of ``models.inference.inference_fn`` (what
+its graph walk per call costs). Requires torch (a test dependency).
 """
 
 from __future__ import annotations
@@ -60,9 +60,16 @@ def seconds(fn) -> float:
 
 
 def paired_times(ours, theirs, rounds: int) -> tuple[float, float, float]:
-    """(median seconds of ``ours``, of ``theirs``, median per-round ratio), calling them alternately."""
+    """(median seconds of ``ours``, of ``theirs``, median per-round ratio); each round calls both back to back, which
+    one goes first alternating between rounds."""
     ours(), theirs()
-    pairs = [(seconds(ours), seconds(theirs)) for _ in range(rounds)]
+    pairs = []
+    for i in range(rounds):
+        if i % 2:
+            b, a = seconds(theirs), seconds(ours)
+        else:
+            a, b = seconds(ours), seconds(theirs)
+        pairs.append((a, b))
     a, b = zip(*pairs, strict=True)
     return statistics.median(a), statistics.median(b), statistics.median(x / y for x, y in pairs)
 

@@ -38,7 +38,12 @@ TABLE_FIELDS: dict[str, tuple[str, ...]] = {
         "pretrain_mfu",
     ),
     "spot": ("models", "images_per_s"),
+    "data_pipeline": ("det_total_per_s", "rec_total_per_s", "det_iter_2_workers_per_s"),
 }
+
+
+def _figure(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def read_lines(path: str) -> list[dict[str, Any]]:
@@ -78,7 +83,7 @@ def table(folder: str) -> str:
             fields = TABLE_FIELDS.get(name)
             if fields is None:
                 continue
-            figures = ", ".join(f"{k} {run[k]}" for k in fields if run.get(k) is not None)
+            figures = ", ".join(f"{k} {_figure(run[k])}" for k in fields if run.get(k) is not None)
             rows.append(f"| `{os.path.basename(path)}` | {run.get('device', '?')} | {name} | {figures} |")
     return "\n".join(rows)
 

@@ -34,6 +34,7 @@ def main(argv: list[str]) -> None:
     from clip_text_spot.data.readers.common import list_images
     from clip_text_spot.data.types import DetSample
     from clip_text_spot.metrics.submission_io import sample_key, write_submission
+    from clip_text_spot.models.inference import overlapped
     from clip_text_spot.postprocess.db import db_postprocess_batch
     from clip_text_spot.trainer import restore_model
 
@@ -64,8 +65,7 @@ def main(argv: list[str]) -> None:
     batches = make_det_eval_batches(samples, batch_size=_BATCH.value, eval_size=eval_size, with_targets=False)
     os.makedirs(_OUTPUT.value, exist_ok=True)
     submission, n_instances, t0 = {}, 0, time.perf_counter()
-    for batch in batches:
-        prob = predict(batch["image"])
+    for batch, prob in overlapped(batches, lambda b: predict(b["image"])):
         sizes = [tuple(s) for s in np.asarray(batch["resized_shape"])]
         preds = db_postprocess_batch(
             prob, config.postprocess.preset, scales=[tuple(s) for s in batch["scale"]], valid_sizes=sizes,

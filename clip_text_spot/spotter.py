@@ -200,7 +200,7 @@ class Spotter:
 
     def probability(self, device_images: jax.Array) -> np.ndarray:
         """The detector's probability maps [batch_size, H, W] (host)."""
-        return self._timed("detector", self._prob, device_images)
+        return np.asarray(self._timed("detector", self._prob, device_images))
 
     def postprocess(self, prob: np.ndarray, arrays: dict, n: int) -> list[list[tuple[np.ndarray, float]]]:
         """DB post-processing of the first ``n`` maps: per image [(polygon in original pixels, score)]."""

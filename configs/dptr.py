@@ -60,6 +60,7 @@ def _common(a: ml_collections.ConfigDict, task: str) -> ml_collections.ConfigDic
     m.charset = EN_CHARSET  # 94 characters; token ids EOS 0, chars 1..94, BOS 95, PAD 96
     m.unicode_to_ascii = True  # NFKD -> ASCII on labels (switch off for non-Latin charsets)
     m.decoder = _decoder(a.decoder)
+    m.dtype = "float32"  # compute dtype of the decoder (and fine-tuning's ViT + FMU); parameters stay float32
     o = config.optim = ml_collections.ConfigDict()
     o.name, o.lr, o.weight_decay, o.b1, o.b2, o.eps = "adamw", 1.485e-3, 0.0, 0.9, 0.999, 1e-8
     o.schedule = "cosine"

@@ -157,3 +157,13 @@ def test_rec_vit_and_recognizer_shapes():
     assert model.predict(jnp.zeros((2, 32, 128, 3))).shape == (2, STEPS, 95)
     with pytest.raises(ValueError, match="patch_size"):
         EncoderConfig(patch_size=(5, 8))
+
+
+def test_recognizer_bfloat16_compute_keeps_float32_params_and_logits():
+    enc, dec = EncoderConfig(width=24, depth=1, heads=4), DecoderConfig(dim=32, depth=1, heads=4, max_len=6)
+    model = DptrRecognizer(enc, dec, CHARSET, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+    model.eval()
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
+    assert model.memory(jnp.zeros((2, 32, 128, 3))).dtype == jnp.bfloat16
+    logits = model.predict(jnp.ones((2, 32, 128, 3)))
+    assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())

@@ -74,6 +74,11 @@ class _DptrTask:
             config.model.charset, max_len=self.decoder_cfg.max_len, unicode_to_ascii=config.model.unicode_to_ascii
         )
 
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        """``config.model.dtype`` (float32 for configs saved before it existed)."""
+        return jnp.dtype(self.config.model.get("dtype", "float32"))
+
     def loss(self, model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
         rngs = nnx.Rngs(dropout=rng)
         loss, logits = self._loss(model, batch, rngs)
@@ -216,7 +221,7 @@ class DptrPretrainTask(_DptrTask):
 
     def build_model(self, rngs: nnx.Rngs) -> DptrPretrainModel:
         clip = None if self.cache is not None else CLIP(self.clip_config, rngs=nnx.Rngs(self.config.clip.seed))
-        return DptrPretrainModel(clip, self.decoder_cfg, self.charset, rngs=rngs)
+        return DptrPretrainModel(clip, self.decoder_cfg, self.charset, rngs=rngs, dtype=self.compute_dtype)
 
     def load_pretrained(self, model: DptrPretrainModel) -> None:
         if self._loaded_clip is None or model.clip_text is None:
@@ -287,7 +292,7 @@ class DptrFinetuneTask(_DptrTask):
         self.encoder_cfg = from_mapping(EncoderConfig, config.model.encoder.to_dict(), "model.encoder")
 
     def build_model(self, rngs: nnx.Rngs) -> DptrRecognizer:
-        return DptrRecognizer(self.encoder_cfg, self.decoder_cfg, self.charset, rngs=rngs)
+        return DptrRecognizer(self.encoder_cfg, self.decoder_cfg, self.charset, rngs=rngs, dtype=self.compute_dtype)
 
     def load_pretrained(self, model: DptrRecognizer) -> None:
         """Copy the decoder of the pre-training checkpoint (its latest step); encoder and FMU stay fresh."""

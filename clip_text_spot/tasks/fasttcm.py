@@ -31,7 +31,7 @@ from clip_text_spot.models.clip import load_pretrained, preset
 from clip_text_spot.models.dbnet import db_loss, score_map_aux_loss
 from clip_text_spot.models.fasttcm.config import DecoderConfig, FastTCMConfig
 from clip_text_spot.models.fasttcm.detector import DetectorConfig, FastTCMDetector
-from clip_text_spot.models.inference import inference_fn
+from clip_text_spot.models.inference import inference_fn, overlapped
 from clip_text_spot.postprocess.db import db_postprocess_batch
 
 
@@ -134,10 +134,11 @@ class FastTCMTask:
     # -- evaluation --------------------------------------------------------------------------------------------------
 
     def predict_fn(self, model: FastTCMDetector):
-        """A jitted ``images -> prob`` for ``model`` in eval mode (FastTCM: text embedding computed once here)."""
+        """A jitted ``images -> prob`` (a device array, dispatched asynchronously) for ``model`` in eval mode
+        (FastTCM: text embedding computed once here)."""
         text_cache = inference_fn(FastTCMDetector.precompute_text, model)() if model.config.fast else None
         prob = inference_fn(_probability, model)
-        return lambda images: np.asarray(prob(images, text_cache))
+        return lambda images: prob(images, text_cache)
 
     def evaluate(self, model: FastTCMDetector, step: int, workdir: str) -> dict[str, float]:
         data = self.config.data
@@ -152,8 +153,7 @@ class FastTCMTask:
             process_count=jax.process_count(),
         )
         gts, dets, pictures = {}, {}, []
-        for batch in batches:
-            prob = predict(batch["image"])
+        for batch, prob in overlapped(batches, lambda b: predict(b["image"])):
             valid = np.asarray(batch["valid"])
             sizes = [tuple(s) for s in np.asarray(batch["resized_shape"])]
             preds = db_postprocess_batch(

@@ -19,6 +19,7 @@ from clip_text_spot.models.clip import CLIP, CLIPConfig
 from clip_text_spot.models.clip.tokenizer import CLIPTokenizer
 from clip_text_spot.models.dptr.config import DecoderConfig
 from clip_text_spot.models.dptr.recognizer import build_decoder
+from clip_text_spot.models.layers import Dtype
 
 PROMPT = "a photo of a '{}'"
 
@@ -60,11 +61,12 @@ class DptrPretrainModel(nnx.Module):
         charset: Charset,
         *,
         rngs: nnx.Rngs,
+        dtype: Dtype = None,
     ):
         if clip is not None:
             check_clip_widths(clip.config, decoder.dim)
         self.clip_text = None if clip is None else ClipTextMemory(clip)
-        self.decoder = build_decoder(decoder, charset, rngs=rngs)
+        self.decoder = build_decoder(decoder, charset, rngs=rngs, dtype=dtype)
 
     def memory(self, batch: dict[str, jax.Array]) -> jax.Array:
         """Pseudo visual embeddings (``batch["memory"]`` if given, else frozen CLIP of ``batch["clip_ids"]``) plus
