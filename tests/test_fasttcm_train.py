@@ -91,7 +91,7 @@ def test_tiny_overfit_drives_loss_down(run):
     batch = parallel.global_batch(fixed_batch(run.config), run.mesh)
     losses = []
     with jax.set_mesh(run.mesh):
-        for _ in range(30):
+        for _ in range(20):  # loss 9.6 -> 6.6 (first/last five) on this fixed batch; 6.2 at 30 steps
             state, metrics = run.step_fn(state, batch)
             losses.append(float(metrics["loss"]))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
