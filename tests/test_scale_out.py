@@ -54,7 +54,11 @@ print(json.dumps(out))
 
 
 def _env(devices: int) -> dict:
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    return dict(
+        os.environ,
+        XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
 
 
 @pytest.fixture(scope="module")
