@@ -25,6 +25,7 @@ TABLE_FIELDS: dict[str, tuple[str, ...]] = {
         "train_batch",
         "fasttcm_train_img_per_s",
         "fasttcm_train_mfu",
+        "fasttcm_train_step_gib_per_device",
         "fasttcm_infer_fps",
         "tcm_infer_fps",
         "fasttcm_over_tcm_fps",

@@ -82,12 +82,13 @@ def finetune_setup(batch: int, dtype: str, rng: np.random.Generator) -> tuple[An
 def step_speed(task: Any, batch_np: Batch, steps: int) -> dict[str, float | None]:
     """Samples/s of the trainer's compiled step on ``batch_np``, its FLOPs per sample and MFU (None if unknown)."""
     run = trainer.setup(task.config, task)
-    step_s, flops = time_train_step(run, batch_np, steps)  # flops of one device's program
+    t = time_train_step(run, batch_np, steps)
     per_device = task.config.batch_size / parallel.data_parallel_size(run.mesh)
     return {
-        "samples_per_s": task.config.batch_size / step_s,
-        "flops_per_sample": None if flops is None else flops / per_device,
-        "mfu": mfu(flops, step_s),
+        "samples_per_s": task.config.batch_size / t.seconds,
+        "flops_per_sample": None if t.flops is None else t.flops / per_device,
+        "mfu": mfu(t.flops, t.seconds),
+        "step_gib_per_device": None if t.peak_bytes is None else t.peak_bytes / 2**30,
     }
 
 

@@ -47,11 +47,12 @@ def train_speed(variant: str, arg: str, batch: int, steps: int, dtype: str) -> d
     for key in ("gt_shrink", "gt_shrink_mask", "gt_thr_mask"):
         batch_np[key] = (rng.random((batch, size, size)) > 0.8).astype(np.float32)
     batch_np["gt_thr"] = rng.uniform(0.3, 0.7, (batch, size, size)).astype(np.float32)
-    step_s, flops = time_train_step(run, batch_np, steps)
+    t = time_train_step(run, batch_np, steps)
     return {
-        "img_per_s": batch / step_s,
-        "step_tflops_per_device": None if flops is None else flops / 1e12,
-        "mfu": mfu(flops, step_s),
+        "img_per_s": batch / t.seconds,
+        "step_tflops_per_device": None if t.flops is None else t.flops / 1e12,
+        "mfu": mfu(t.flops, t.seconds),
+        "step_gib_per_device": None if t.peak_bytes is None else t.peak_bytes / 2**30,
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def device_fields() -> dict[str, Any]:
@@ -51,9 +51,26 @@ def compiled_flops(compiled: Any) -> float | None:
     return float(flops) if flops is not None else None
 
 
-def time_train_step(run: Any, batch_np: dict, steps: int) -> tuple[float, float | None]:
-    """(seconds per step, FLOPs of one device's program) of a ``trainer.setup`` run's step on ``batch_np``: the step
-    is compiled ahead of time (its cost analysis gives the FLOPs), run once untimed, then ``steps`` times."""
+def compiled_peak_bytes(compiled: Any) -> int | None:
+    """Device bytes XLA's buffer assignment gives a compiled executable: arguments, outputs and temporaries, less the
+    donated buffers outputs reuse (None where the backend reports no memory analysis)."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return None
+    used = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+    return int(used - m.alias_size_in_bytes)
+
+
+class StepTiming(NamedTuple):
+    seconds: float  # per step
+    flops: float | None  # of one device's program
+    peak_bytes: int | None  # per device (compiled_peak_bytes)
+
+
+def time_train_step(run: Any, batch_np: dict, steps: int) -> StepTiming:
+    """Seconds per step, FLOPs and device bytes of a ``trainer.setup`` run's step on ``batch_np``: the step is
+    compiled ahead of time (its cost and memory analyses give the FLOPs and bytes), run once untimed, then ``steps``
+    times."""
     import jax
 
     from clip_text_spot import parallel
@@ -68,7 +85,7 @@ def time_train_step(run: Any, batch_np: dict, steps: int) -> tuple[float, float 
         for _ in range(steps):
             state, metrics = step_fn(state, data)
         jax.block_until_ready(metrics)
-    return (time.perf_counter() - t0) / steps, compiled_flops(step_fn)
+    return StepTiming((time.perf_counter() - t0) / steps, compiled_flops(step_fn), compiled_peak_bytes(step_fn))
 
 
 def mfu(flops: float | None, seconds: float) -> float | None:

@@ -13,14 +13,17 @@ Per batch of images (``Spotter.spot``):
    and its confidence is the product of the per-step maximum probabilities up to and including that EOS
    (PARSeq's convention).
 
-An optional lexicon (``metrics.spotting.LexiconMatcher``) then corrects or drops words. ``Spotter.timings`` adds up
-the seconds of each stage (device stages are waited for, so the shares are exact).
+Batches are pipelined: batch k+1 is preprocessed and its detector pass launched before batch k is post-processed
+and read, so the device computes while the host runs DB post-processing. An optional lexicon
+(``metrics.spotting.LexiconMatcher``) then corrects or drops words. ``Spotter.timings`` adds up the host's seconds in
+each stage, waits for the device included, so the shares say where the time goes.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -35,7 +38,7 @@ from clip_text_spot import checkpoint, vis
 from clip_text_spot.data.pipeline import DB_MEAN, DB_STD, REC_MEAN, REC_STD, DetEvalTransform, decode_image
 from clip_text_spot.data.types import DetSample
 from clip_text_spot.metrics.spotting import Lexicon, LexiconMatcher
-from clip_text_spot.models.inference import inference_fn
+from clip_text_spot.models.inference import inference_fn, overlapped
 from clip_text_spot.postprocess.db import db_postprocess_batch
 from clip_text_spot.rectify import LAYOUTS, rectify, region_geometry
 
@@ -214,11 +217,6 @@ class Spotter:
 
         return self._timed("postprocess", run)
 
-    def detect(self, images: Sequence[np.ndarray]) -> tuple[jax.Array, list[list[tuple[np.ndarray, float]]], dict]:
-        """(detector input on device, per image [(polygon, score)] in original pixels, host arrays)."""
-        device_images, arrays = self.prepare(images)
-        return device_images, self.postprocess(self.probability(device_images), arrays, len(images)), arrays
-
     def read_regions(
         self, device_images: jax.Array, sizes: np.ndarray, regions: list[tuple[int, np.ndarray]]
     ) -> list[tuple[str, float]]:
@@ -245,12 +243,18 @@ class Spotter:
         return out
 
     def spot(self, images: Sequence[np.ndarray]) -> list[list[Word]]:
-        """Words of each image (uint8 RGB arrays or encoded bytes), in batches of ``options.batch_size``."""
-        results: list[list[Word]] = []
+        """Words of each image (uint8 RGB arrays or encoded bytes), in batches of ``options.batch_size``.
+
+        Pipelined (module docstring): the "detector" time is what is left of the wait for batch k's probability
+        maps once batch k+1 has been prepared.
+        """
         bs = self.options.batch_size
-        for start in range(0, len(images), bs):
-            chunk = [decode_image(img) for img in images[start : start + bs]]
-            device_images, dets, batch = self.detect(chunk)
+        chunks = ([decode_image(img) for img in images[s : s + bs]] for s in range(0, len(images), bs))
+        prepared = ((*self.prepare(chunk), len(chunk)) for chunk in chunks)
+        fetch = functools.partial(self._timed, "detector", np.asarray)
+        results: list[list[Word]] = []
+        for (device_images, batch, n), prob in overlapped(prepared, lambda p: self._prob(p[0]), fetch):
+            dets = self.postprocess(prob, batch, n)
             scale = batch["scale"]
             regions = [(row, np.asarray(p, np.float32) * scale[row]) for row, d in enumerate(dets) for p, _ in d]
             read = self.read_regions(device_images, batch["resized_shape"], regions) if regions else []

@@ -7,12 +7,14 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
 from conftest import DATA
 
 from clip_text_spot import predict_rec, spot
 from clip_text_spot.logs import read_metrics
 from clip_text_spot.metrics.recognition import read_labels
+from clip_text_spot.spotter import SpotOptions, Spotter
 from configs import dptr
 from configs import spot as spot_config
 
@@ -128,6 +130,22 @@ def test_spot_cli_on_real_scenes(demo_workdir, tmp_path, capsys):
     photo.rename(tmp_path / "scene_1.jpg")
     assert spot.main([*args, str(ic15), str(tmp_path / "scene_1.jpg"), f"--submission={zip_path}"]) == 2
     assert "same image number 1" in capsys.readouterr().err
+
+
+def test_pipelined_batches_give_each_image_its_own_words(demo_workdir):
+    """Batch k+1 is launched before batch k is read: 3 images in batches of 2 (one padded) give the words that each
+    image gets alone, in order."""
+    spotter = Spotter.from_checkpoints(str(demo_workdir), str(demo_workdir), options=SpotOptions(batch_size=2))
+    scenes = sorted((DATA / "readers" / "det_toy" / "imgs" / "test").glob("*.jpg"))
+    images = [p.read_bytes() for p in scenes] + [(DATA / "readers" / "opencv_text" / "scenetext01.jpg").read_bytes()]
+    together = spotter.spot(images)
+    alone = [spotter.spot([image])[0] for image in images]
+    assert len(together) == len(images) and sum(map(len, together)) > 0
+    for got, want in zip(together, alone, strict=True):
+        assert [w.text for w in got] == [w.text for w in want]
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a.polygon, b.polygon, atol=1e-3)
+    assert set(spotter.timings) == {"preprocess", "detector", "postprocess", "rectify", "recognizer"}
 
 
 def test_spot_cli_errors_name_the_problem(demo_workdir, tmp_path, capsys):

@@ -37,17 +37,25 @@ def inference_fn(fn: Callable[..., Any], module: nnx.Module) -> Callable[..., An
     return functools.partial(_apply, fn, graphdef, state)
 
 
-def overlapped(items: Iterable[T], launch: Callable[[T], Any]) -> Iterator[tuple[T, Any]]:
-    """``(item, launch(item) fetched to host numpy)`` for each item, launching item k+1 before fetching item k.
+def to_host(tree: Any) -> Any:
+    """``tree`` with every array fetched to host numpy (blocks until the device is done)."""
+    return jax.tree.map(np.asarray, tree)
+
+
+def overlapped(
+    items: Iterable[T], launch: Callable[[T], Any], fetch: Callable[[Any], Any] = to_host
+) -> Iterator[tuple[T, Any]]:
+    """``(item, fetch(launch(item)))`` for each item, launching item k+1 before fetching item k.
 
     JAX dispatches asynchronously, so the device computes the next batch while the caller post-processes this one
-    on the host (DB post-processing, writing files); results come in order, one launch ahead.
+    on the host (DB post-processing, writing files); results come in order, one launch ahead. ``items`` is consumed
+    one ahead too: a generator that prepares batches does batch k+1's host work while the device runs batch k.
     """
     pending = None
     for item in items:
         out = launch(item)
         if pending is not None:
-            yield pending[0], jax.tree.map(np.asarray, pending[1])
+            yield pending[0], fetch(pending[1])
         pending = (item, out)
     if pending is not None:
-        yield pending[0], jax.tree.map(np.asarray, pending[1])
+        yield pending[0], fetch(pending[1])
