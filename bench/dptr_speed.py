@@ -23,7 +23,7 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import numpy as np  # noqa: E402
-from report import device_fields, emit, mfu, time_train_step  # noqa: E402
+from report import device_fields, emit, gib, mfu, time_train_step  # noqa: E402
 
 from clip_text_spot import parallel, trainer  # noqa: E402
 from clip_text_spot.data.rec_labels import Charset  # noqa: E402
@@ -88,7 +88,7 @@ def step_speed(task: Any, batch_np: Batch, steps: int) -> dict[str, float | None
         "samples_per_s": task.config.batch_size / t.seconds,
         "flops_per_sample": None if t.flops is None else t.flops / per_device,
         "mfu": mfu(t.flops, t.seconds),
-        "step_gib_per_device": None if t.peak_bytes is None else t.peak_bytes / 2**30,
+        "step_gib_per_device": gib(t.peak_bytes),
     }
 
 

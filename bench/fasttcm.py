@@ -31,6 +31,7 @@ from report import (  # noqa: E402
     compiled_peak_bytes,
     device_fields,
     emit,
+    gib,
     mfu,
     time_train_step,
 )
@@ -42,10 +43,6 @@ from clip_text_spot.tasks.fasttcm import FastTCMTask  # noqa: E402
 from configs.fasttcm import get_config  # noqa: E402
 
 MAP_KEYS = ("gt_shrink", "gt_shrink_mask", "gt_thr_mask", "gt_thr")  # the DB targets of a train batch
-
-
-def _gib(n: int | None) -> float | None:
-    return None if n is None else n / 2**30
 
 
 def train_speed(variant: str, arg: str, batch: int, steps: int, dtype: str) -> dict[str, float | None]:
@@ -65,7 +62,7 @@ def train_speed(variant: str, arg: str, batch: int, steps: int, dtype: str) -> d
         flops = compiled_flops(compiled)
         return {
             "step_tflops_per_device": None if flops is None else flops / 1e12,
-            "step_gib_per_device": _gib(compiled_peak_bytes(compiled)),
+            "step_gib_per_device": gib(compiled_peak_bytes(compiled)),
         }
     rng = np.random.default_rng(0)
     batch_np = {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32)}
@@ -77,7 +74,7 @@ def train_speed(variant: str, arg: str, batch: int, steps: int, dtype: str) -> d
         "img_per_s": batch / t.seconds,
         "step_tflops_per_device": None if t.flops is None else t.flops / 1e12,
         "mfu": mfu(t.flops, t.seconds),
-        "step_gib_per_device": _gib(t.peak_bytes),
+        "step_gib_per_device": gib(t.peak_bytes),
     }
 
 

@@ -70,6 +70,11 @@ def compile_train_step(run: Any, batch: dict) -> Any:
         return run.step_fn.lower(run.abstract_state, batch).compile()
 
 
+def gib(n: int | None) -> float | None:
+    """Bytes as GiB (None stays None)."""
+    return None if n is None else n / 2**30
+
+
 class StepTiming(NamedTuple):
     seconds: float  # per step
     flops: float | None  # of one device's program
