@@ -1,10 +1,11 @@
 """models.inference: bound jitted calls on a fixed module, and host work overlapped with the next launch."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from clip_text_spot.models.inference import inference_fn, overlapped
+from clip_text_spot.models.inference import compiled, inference_fn, overlapped
 
 TRACES: list[int] = []
 
@@ -42,3 +43,46 @@ def test_overlapped_launches_one_ahead_and_keeps_order():
     order = [("launch", 0), ("launch", 1), ("host", 0), ("launch", 2), ("host", 1), ("host", 2)]
     assert events == order
     assert list(overlapped([], launch)) == []
+
+
+class _Scaled(nnx.Module):
+    """A tiny model with a compiled public method (as CLIP's ``encode_*`` are)."""
+
+    def __init__(self):
+        self.linear = nnx.Linear(4, 2, rngs=nnx.Rngs(0))
+
+    @compiled
+    def embed(self, x: jnp.ndarray, times: int = 1, offset: jnp.ndarray | None = None) -> jnp.ndarray:
+        TRACES.append(1)
+        y = self.linear(x) * times
+        return y if offset is None else y + offset
+
+
+def test_compiled_method_compiles_once_per_shape_and_reads_current_weights():
+    model, x = _Scaled(), np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    eager = _Scaled.embed.__wrapped__(model, x, 2)
+    TRACES.clear()
+    np.testing.assert_allclose(model.embed(x, 2), eager, rtol=1e-6)
+    model.embed(x + 1.0, 2)  # same shapes and static values: no new trace
+    assert len(TRACES) == 1
+    model.embed(x[:2], 2)  # a new shape compiles once more
+    model.embed(x, 3)  # so does a new value of a non-array argument
+    assert len(TRACES) == 3
+    np.testing.assert_allclose(model.embed(x, offset=np.ones(2, np.float32)), eager / 2 + 1, rtol=1e-6)
+    model.linear.kernel[...] = model.linear.kernel[...] * 2  # new weights are used without re-binding
+    np.testing.assert_allclose(model.embed(x), (x @ model.linear.kernel[...]) + model.linear.bias[...], rtol=1e-6)
+
+
+def test_compiled_method_is_plain_inside_a_trace_and_in_eager_mode():
+    model, x = _Scaled(), np.ones((5, 4), np.float32)
+    graphdef, state = nnx.split(model)
+    step = jax.jit(lambda m_state, x: nnx.merge(graphdef, m_state).embed(x, 4))
+    TRACES.clear()
+    out = step(state, x)
+    assert len(TRACES) == 1  # the body ran once, inside the outer trace: no compiled call nested in it
+    np.testing.assert_allclose(out, _Scaled.embed.__wrapped__(model, x, 4), rtol=1e-6)
+    TRACES.clear()
+    with jax.disable_jit():
+        model.embed(x)
+        model.embed(x)
+    assert len(TRACES) == 2  # eager: the Python body runs at every call

@@ -4,12 +4,16 @@ overlapped with the next batch's device work.
 ``nnx.jit`` traverses the module on every call to collect its state and write changes back. For CLIP ViT-B/16 (398
 arrays) that costs about 80 ms per call on a 2-core CPU, a third of what the text tower itself takes for a batch of 8
 (``bench/clip_vs_torch.py``). Inference changes nothing in the module, so :func:`inference_fn` splits it once and each
-call is a plain ``jax.jit`` over the state arrays.
+call is a plain ``jax.jit`` over the state arrays. :func:`compiled` does the same for a model's public inference
+methods (``model.encode_image(x)`` compiles per input shape on first use); ``with jax.disable_jit():`` or
+``CLIP_TEXT_SPOT_EAGER=1`` runs them op by op for debugging.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -20,9 +24,56 @@ from flax import nnx
 T = TypeVar("T")
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _apply(fn: Callable[..., Any], graphdef: nnx.GraphDef, state: nnx.State, *args: Any) -> Any:
-    return fn(nnx.merge(graphdef, state), *args)
+class _Static:
+    """A static jit argument whose hash is computed once: a large module's ``GraphDef`` takes about a millisecond to
+    hash, which ``jax.jit`` would otherwise pay on every call."""
+
+    __slots__ = ("_hash", "value")
+
+    def __init__(self, value: Any):
+        self.value, self._hash = value, hash(value)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Static) and (self.value is other.value or self.value == other.value)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _apply(fn: Callable[..., Any], graphdef: _Static, statics: _Static, state: nnx.State, *arrays: Any) -> Any:
+    args, kwargs = _join(statics.value, arrays)
+    return fn(nnx.merge(graphdef.value, state), *args, **kwargs)
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, jax.Array | np.ndarray | np.generic)
+
+
+def _split_args(args: tuple, kwargs: dict) -> tuple[Any, list[Any]] | None:
+    """(hashable description of the non-array arguments, the array arguments), or None when an argument is neither
+    an array nor hashable (an ``nnx.Rngs``, say): such a call runs eagerly."""
+    leaves, treedef = jax.tree.flatten((args, kwargs), is_leaf=lambda x: isinstance(x, nnx.Pytree))
+    arrays, consts = [], []
+    for leaf in leaves:
+        if _is_array(leaf):
+            arrays.append(leaf)
+            consts.append(None)
+        elif isinstance(leaf, nnx.Pytree):
+            return None
+        else:
+            try:
+                hash(leaf)
+            except TypeError:
+                return None
+            consts.append((leaf,))
+    return (treedef, tuple(consts)), arrays
+
+
+def _join(statics: tuple, arrays: tuple) -> tuple[tuple, dict]:
+    treedef, consts = statics
+    it = iter(arrays)
+    return jax.tree.unflatten(treedef, [next(it) if c is None else c[0] for c in consts])
 
 
 def inference_fn(fn: Callable[..., Any], module: nnx.Module) -> Callable[..., Any]:
@@ -34,7 +85,76 @@ def inference_fn(fn: Callable[..., Any], module: nnx.Module) -> Callable[..., An
     again after changing ``module`` (training steps, ``nnx.update``) rather than relying on what the split kept.
     """
     graphdef, state = nnx.split(module)
-    return functools.partial(_apply, fn, graphdef, state)
+    graphdef = _Static(graphdef)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        split = _split_args(args, kwargs)
+        if split is None:
+            return fn(nnx.merge(graphdef.value, state), *args, **kwargs)
+        statics, arrays = split
+        return _apply(fn, graphdef, _Static(statics), state, *arrays)
+
+    return call
+
+
+class _Binding:
+    """A module's graph definition and its variables, found once; the state is rebuilt from the variables' current
+    values at each call (half a millisecond for CLIP), so weights changed later (``nnx.update``, training) are used."""
+
+    def __init__(self, module: nnx.Module):
+        graphdef, state = nnx.split(module)
+        self.graphdef = _Static(graphdef)
+        self.treedef = jax.tree.structure(state)
+        # the split state's leaves are the variables' own arrays: match them by identity, in the state's order
+        by_value = {id(node.get_value()): node for _, node in nnx.iter_graph(module) if isinstance(node, nnx.Variable)}
+        self.variables = [by_value[id(leaf)] for leaf in jax.tree.leaves(state)]
+
+    def state(self) -> nnx.State | None:
+        values = [v.get_value() for v in self.variables]
+        if any(isinstance(v, jax.core.Tracer) for v in values):
+            return None  # inside a trace (a training step): the caller's jit already compiles this
+        return jax.tree.unflatten(self.treedef, values)
+
+
+_BINDINGS: weakref.WeakKeyDictionary[nnx.Module, _Binding] = weakref.WeakKeyDictionary()
+
+
+def eager_mode() -> bool:
+    """True under ``jax.disable_jit()`` or with ``CLIP_TEXT_SPOT_EAGER=1``: :func:`compiled` methods run op by op."""
+    return bool(jax.config.jax_disable_jit) or os.environ.get("CLIP_TEXT_SPOT_EAGER", "") not in ("", "0")
+
+
+def compiled(method: Callable[..., T]) -> Callable[..., T]:
+    """Decorator for a module's public inference method: called from Python with concrete arrays, it runs as one
+    ``jax.jit`` program per input shape (and per value of its non-array arguments), compiled on first use.
+
+    Inside a trace (a jitted training step, or another compiled method) and in :func:`eager_mode` it is the plain
+    method. Compiled calls never write back to the module (batch statistics, RNG counters): call inference methods in
+    eval mode. Arguments that are neither arrays nor hashable (an ``nnx.Rngs``) run the call eagerly. The plain
+    method stays reachable as ``Class.method.__wrapped__``. Weights are read at each call; after changing a module's
+    structure (adding or removing submodules), call ``rebind(module)``.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: nnx.Module, *args: Any, **kwargs: Any) -> T:
+        if eager_mode() or any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+            return method(self, *args, **kwargs)
+        split = _split_args(args, kwargs)
+        binding = _BINDINGS.get(self)
+        if binding is None:
+            binding = _BINDINGS[self] = _Binding(self)
+        state = None if split is None else binding.state()
+        if state is None:
+            return method(self, *args, **kwargs)
+        statics, arrays = split
+        return _apply(method, binding.graphdef, _Static(statics), state, *arrays)
+
+    return wrapper
+
+
+def rebind(module: nnx.Module) -> None:
+    """Forget ``module``'s cached graph definition (after a structural change); the next compiled call re-splits it."""
+    _BINDINGS.pop(module, None)
 
 
 def to_host(tree: Any) -> Any:

@@ -10,6 +10,7 @@ from clip_text_spot.models.clip.config import CLIPConfig, ResNetConfig
 from clip_text_spot.models.clip.resnet import ModifiedResNet
 from clip_text_spot.models.clip.text import TextTransformer
 from clip_text_spot.models.clip.vit import VisionTransformer
+from clip_text_spot.models.inference import compiled
 from clip_text_spot.models.layers import dense
 
 
@@ -23,8 +24,9 @@ class CLIP(nnx.Module):
 
     Parameters mirror HF ``FlaxCLIPModel`` (``text_model``, ``text_projection``, ``vision_model``,
     ``visual_projection``, ``logit_scale``); a ResNet tower has no ``visual_projection`` (its attention pool
-    projects). Params are float32; ``config.dtype`` sets the compute dtype (e.g. ``"bfloat16"``). Outputs are
-    returned in float32.
+    projects). The ``encode_*`` and ``text_hidden_states`` methods compile per input shape on first use
+    (``models.inference.compiled``). Params are float32; ``config.dtype`` sets the compute dtype (e.g.
+    ``"bfloat16"``). Outputs are returned in float32.
     """
 
     def __init__(self, config: CLIPConfig, *, rngs: nnx.Rngs):
@@ -51,6 +53,7 @@ class CLIP(nnx.Module):
     def _cast(self, x: jax.Array) -> jax.Array:
         return x.astype(self.config.dtype)
 
+    @compiled
     def encode_image(self, pixels: jax.Array) -> jax.Array:
         """Normalised float pixels [B, H, W, 3] -> projected image embedding [B, embed_dim] (not L2-normalised;
         equals HF ``get_image_features``). ViT inputs at other sizes get resampled positions."""
@@ -59,12 +62,14 @@ class CLIP(nnx.Module):
             return self.vision_model(pixels).astype(jnp.float32)
         return self.visual_projection(self.vision_model.pooled(pixels)).astype(jnp.float32)
 
+    @compiled
     def encode_image_tokens(self, pixels: jax.Array) -> jax.Array:
         """ViT only: every token after ``post_layernorm`` and the projection [B, 1+N, embed_dim] (DPTR, ORP bank)."""
         if self.is_resnet:
             raise ValueError("encode_image_tokens needs a ViT image tower; use encode_dense for ResNet towers")
         return self.visual_projection(self.vision_model.all_tokens(self._cast(pixels))).astype(jnp.float32)
 
+    @compiled
     def encode_dense(self, pixels: jax.Array) -> tuple[list[jax.Array], jax.Array, jax.Array]:
         """ResNet only: (C2..C5, global [B, E], local [B, H/32, W/32, E]) from the dense attention pool."""
         if not self.is_resnet:
@@ -72,15 +77,18 @@ class CLIP(nnx.Module):
         feats, g, local = self.vision_model.dense(self._cast(pixels))
         return [f.astype(jnp.float32) for f in feats], g.astype(jnp.float32), local.astype(jnp.float32)
 
+    @compiled
     def text_hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """All text hidden states after ``final_layer_norm`` [B, L, width] (not projected)."""
         hidden, _ = self.text_model(input_ids, attention_mask)
         return hidden.astype(jnp.float32)
 
+    @compiled
     def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """Token ids [B, L] -> projected EOT embedding [B, embed_dim] (equals HF ``get_text_features``)."""
         return self.text_projection(self.text_model.pooled(input_ids, attention_mask)).astype(jnp.float32)
 
+    @compiled
     def encode_text_embeddings(self, token_embeds: jax.Array, eot_index: jax.Array) -> jax.Array:
         """Projected embedding [B, embed_dim] of a sequence given as token embeddings [B, L, width] (e.g. with
         learnable prompt contexts inserted), pooled at ``eot_index`` [B]."""

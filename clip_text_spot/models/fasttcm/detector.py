@@ -17,6 +17,7 @@ from flax import nnx
 from clip_text_spot.models.dbnet import FPNC, DBHead
 from clip_text_spot.models.fasttcm.config import FastTCMConfig
 from clip_text_spot.models.fasttcm.matcher import TCMMatcher
+from clip_text_spot.models.inference import compiled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,7 @@ class FastTCMDetector(TCMMatcher):
         self.neck = FPNC(in_channels, config.lateral_channels, config.out_channels, rngs=rngs, dtype=dtype)
         self.bbox_head = DBHead(config.out_channels * 4, rngs=rngs, dtype=dtype)
 
+    @compiled
     def __call__(
         self, images: jax.Array, text_cache: jax.Array | None = None, *, rngs: nnx.Rngs | jax.Array | None = None
     ) -> dict[str, jax.Array]:

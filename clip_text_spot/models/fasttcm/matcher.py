@@ -26,6 +26,7 @@ from clip_text_spot.models.fasttcm.modules import (
     PromptGenerator,
     bimodal_similarity_matching,
 )
+from clip_text_spot.models.inference import compiled
 
 
 @functools.lru_cache(maxsize=16)
@@ -109,6 +110,7 @@ class TCMMatcher(nnx.Module):
     def _meta_query(self) -> jax.Array | None:
         return None if self.meta_query is None else self.meta_query[...][None]
 
+    @compiled
     def precompute_text(self) -> jax.Array:
         """FastTCM only: the text-encoder output [1, K, C], constant for a set of weights; pass it to
         ``match(..., text_cache=...)`` to run inference without the text tower."""
@@ -116,6 +118,7 @@ class TCMMatcher(nnx.Module):
             raise ValueError("precompute_text needs a FastTCM matcher (config.fast=True): TCM's text is per image")
         return self._text(self._cue(self._meta_query()))
 
+    @compiled
     def match(
         self,
         images: jax.Array,
