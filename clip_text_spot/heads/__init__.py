@@ -1,0 +1,1 @@
+"""Detection heads (DBNet, FCENet, PANet), each with its model, targets, loss and post-processing together."""
