@@ -79,15 +79,23 @@ def is_invalid_polygon(poly: np.ndarray, min_short_size: float) -> bool:
     return min(w, h) < min_short_size
 
 
-def shrink_polygon(poly: np.ndarray, shrink_ratio: float) -> np.ndarray | None:
-    """Kernel polygon int [m, 2] of mmocr's ``generate_kernels``, or None when the shrink is empty or split."""
-    inst = poly.astype(np.int32)
+def shrink_offset(poly: np.ndarray, shrink_ratio: float, max_shrink: int | None = None) -> tuple[int, list]:
+    """mmocr's ``generate_kernels`` offset of one polygon: ``(d, paths)``, the pyclipper paths of the int32 polygon
+    offset inwards by ``d = min(int(A (1 - r^2) / (L + 0.001) + 0.5), max_shrink)`` (JT_ROUND, closed)."""
+    inst = np.asarray(poly).astype(np.int32)
     area = abs(shoelace_area(inst))  # what shapely's Polygon.area computes
     peri = _perimeter(inst)  # = cv2.arcLength(closed)
     distance = int(area * (1 - shrink_ratio * shrink_ratio) / (peri + 0.001) + 0.5)
+    if max_shrink is not None:
+        distance = min(distance, max_shrink)
     pco = pyclipper.PyclipperOffset()
     pco.AddPath(inst.tolist(), pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
-    paths = pco.Execute(-distance)
+    return distance, pco.Execute(-distance)
+
+
+def shrink_polygon(poly: np.ndarray, shrink_ratio: float) -> np.ndarray | None:
+    """Kernel polygon int [m, 2] of mmocr's ``generate_kernels``, or None when the shrink is empty or split."""
+    _, paths = shrink_offset(poly, shrink_ratio)
     if len(paths) != 1 or len(paths[0]) < 3:
         return None
     return np.asarray(paths[0], np.int32)
