@@ -103,9 +103,16 @@ class OrpSampler:
         return state
 
     def sample(
-        self, batch_size: int, rng: np.random.Generator, process_index: int = 0, process_count: int = 1
+        self,
+        batch_size: int,
+        rng: np.random.Generator | np.random.RandomState,
+        process_index: int = 0,
+        process_count: int = 1,
     ) -> np.ndarray:
         """``lam * bank[images[:, None], tokens]`` [batch_size, tokens, D] in the bank's dtype.
+
+        The images are drawn first, then the tokens, each with ``rng.choice(..., replace=False)``: with
+        ``np.random.RandomState(seed)`` this is exactly the official draw after ``np.random.seed(seed)``.
 
         The draw is for the global batch of ``batch_size * process_count`` samples (distinct images across all of
         it); this process keeps rows ``process_index::process_count``, which are its samples when elements are

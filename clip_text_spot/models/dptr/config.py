@@ -15,7 +15,12 @@ class DecoderConfig:
 
     ``kind``: ``parseq`` (two-stream permutation LM, AR decoding + ``refine_iters`` cloze refinements) or ``nrtr``
     (plain causal transformer decoder, teacher-forced training, AR decoding). ``max_len`` characters plus EOS give
-    ``max_len + 1`` decoding steps.
+    ``max_len + 1`` decoding steps. ``decode_ar=False`` decodes non-autoregressively (every position queried at
+    once from BOS alone) before the refinements. ``refine_content_mask``: the content stream's mask in a cloze
+    refinement, ``cloze`` as the official PARSeq/DPTR code computes it (its content and query masks are one tensor,
+    so the in-place cloze edit reaches the content stream; it matters with ``depth > 1``) or ``causal`` (what the
+    code's comments intend). ``fmu_queries``: learned queries of the fine-tuning feature merge unit; None gives
+    ``max_len + 1``, OpenOCR hard-codes 26; 0 builds no FMU (PARSeq: the decoder reads the encoder tokens).
     """
 
     kind: str = "parseq"
@@ -29,6 +34,9 @@ class DecoderConfig:
     perm_forward: bool = True
     perm_mirrored: bool = True
     refine_iters: int = 1
+    decode_ar: bool = True
+    refine_content_mask: str = "cloze"
+    fmu_queries: int | None = None
 
     def __post_init__(self):
         if self.kind not in DECODER_KINDS:
@@ -39,16 +47,27 @@ class DecoderConfig:
             raise ValueError("decoder depth, max_len and num_perms must be >= 1 and refine_iters >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"decoder dropout must be in [0, 1), got {self.dropout}")
+        if self.refine_content_mask not in ("cloze", "causal"):
+            raise ValueError(f"refine_content_mask must be 'cloze' or 'causal', got {self.refine_content_mask!r}")
+        if self.fmu_queries is not None and self.fmu_queries < 0:
+            raise ValueError(f"fmu_queries must be >= 0 (0: no FMU), got {self.fmu_queries}")
 
     @property
     def steps(self) -> int:
         """Decoding steps (characters + EOS)."""
         return self.max_len + 1
 
+    @property
+    def num_fmu_queries(self) -> int:
+        """The FMU's query count (0: no FMU)."""
+        return self.steps if self.fmu_queries is None else self.fmu_queries
+
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-    """The fine-tuning ViT (``dptr.md`` §3.1: 32x128 input, patch 4x8, d 512, 12 layers, 8 heads, no class token)."""
+    """The fine-tuning ViT (``dptr.md`` §3.1: 32x128 input, patch 4x8, d 512, 12 layers, 8 heads, no class token).
+
+    ``norm_eps``: every LayerNorm's epsilon (OpenOCR's ViT: PyTorch's 1e-5; PARSeq's timm ViT: 1e-6)."""
 
     image_size: tuple[int, int] = (32, 128)
     patch_size: tuple[int, int] = (4, 8)
@@ -56,6 +75,7 @@ class EncoderConfig:
     depth: int = 12
     heads: int = 8
     mlp_ratio: int = 4
+    norm_eps: float = 1e-5
 
     def __post_init__(self):
         if any(s % p for s, p in zip(self.image_size, self.patch_size, strict=True)):

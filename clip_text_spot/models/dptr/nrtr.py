@@ -54,9 +54,10 @@ class NrtrDecoder(TokenDecoder):
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, tgt_out, 0))
         return jnp.sum(ce * valid) / jnp.maximum(valid.sum(), 1), logits
 
-    def predict(self, memory: jax.Array, refine_iters: int | None = None) -> jax.Array:
-        """Greedy AR decoding; logits [B, max_len + 1, C]. NRTR has no refinement (``refine_iters`` is ignored)."""
-        del refine_iters
+    def predict(self, memory: jax.Array, refine_iters: int | None = None, decode_ar: bool | None = None) -> jax.Array:
+        """Greedy AR decoding; logits [B, max_len + 1, C]. NRTR has no refinement and no NAR mode (``refine_iters``
+        and ``decode_ar`` are ignored)."""
+        del refine_iters, decode_ar
         steps = self.cfg.steps
         b = memory.shape[0]
         tokens = jnp.full((b, steps + 1), self.pad, jnp.int32).at[:, 0].set(self.bos)

@@ -14,8 +14,16 @@ probabilities get no dropout (PyTorch's ``MultiheadAttention(dropout=0.1)`` does
 
 Decoding (``predict``): a fixed-length greedy AR loop (``lax.fori_loop`` over ``max_len + 1`` steps, step ``i``
 runs query ``i`` over all content positions with a causal mask, so positions not decoded yet have no effect),
-without PARSeq's data-dependent early exit; then ``refine_iters`` cloze refinements (query ``i`` sees every
-content position except ``i + 1``; content after the first EOS is masked).
+without PARSeq's data-dependent early exit (the steps both compute agree; after an early exit the official
+refinement sees fewer padded keys, which changes its logits by float rounding only), or, with ``decode_ar=False``,
+every position queried at once from BOS alone (no mask); then ``refine_iters`` cloze refinements: query ``i`` sees
+every content position except ``i + 1``, keys from the first EOS on are masked, and the content stream uses the
+cloze mask too (the official code's content and query masks are one tensor, edited in place; with one layer the
+content stream is never used, with DPTR's six it is). ``DecoderConfig.refine_content_mask="causal"`` keeps the
+content stream causal instead.
+
+Masks are boolean here (True = may attend); PARSeq's bool masks and OpenOCR's float 0/-inf masks give the same
+attention as long as every row keeps a key, which holds for all masks built here (BOS is never masked).
 """
 
 from __future__ import annotations
@@ -98,7 +106,7 @@ class DecoderLayer(nnx.Module):
         t: jax.Array,
         t_norm: jax.Array,
         kv: jax.Array,
-        mask: jax.Array,
+        mask: jax.Array | None,
         memory_kv: tuple[jax.Array, jax.Array],
         rngs: nnx.Rngs | None,
     ) -> jax.Array:
@@ -114,8 +122,8 @@ class DecoderLayer(nnx.Module):
         query: jax.Array,
         content: jax.Array,
         memory_kv: tuple[jax.Array, jax.Array],
-        query_mask: jax.Array,
-        content_mask: jax.Array,
+        query_mask: jax.Array | None,
+        content_mask: jax.Array | None,
         *,
         update_content: bool,
         rngs: nnx.Rngs | None = None,
@@ -148,19 +156,30 @@ def causal_mask(length: int) -> jax.Array:
     return jnp.tril(jnp.ones((length, length), bool))
 
 
-def plm_loss(logits: jax.Array, tgt_out: jax.Array, *, eos: int, pad: int) -> tuple[jax.Array, jax.Array]:
-    """PARSeq's permutation LM loss ``sum_k n_k CE_k / sum_k n_k`` for logits [K, B, L, C] and targets [B, L].
+def cloze_mask(length: int) -> jax.Array:
+    """bool [length, length]: row ``i`` sees every position except ``i + 1`` (PARSeq's refinement mask)."""
+    positions = jnp.arange(length)
+    return positions[None, :] != positions[:, None] + 1
 
-    ``CE_k`` is the mean cross-entropy over the non-PAD targets of permutation ``k`` and ``n_k`` their number; from
-    permutation 2 on, EOS targets count as PAD (EOS is supervised only by the canonical and reverse orders).
-    Returns (loss, number of supervised targets summed over permutations).
-    """
+
+def perm_cross_entropy(logits: jax.Array, tgt_out: jax.Array, *, eos: int, pad: int) -> tuple[jax.Array, jax.Array]:
+    """(``CE_k`` [K], ``n_k`` [K]) for logits [K, B, L, C] and targets [B, L]: the mean cross-entropy over the
+    non-PAD targets of permutation ``k`` and their number; from permutation 2 on, EOS targets count as PAD (EOS is
+    supervised only by the canonical and reverse orders)."""
     perm = jnp.arange(logits.shape[0])[:, None, None]
     targets = jnp.where((perm >= 2) & (tgt_out == eos), pad, tgt_out[None])
     valid = targets != pad
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.where(valid, targets, 0))
-    count = valid.sum()
-    return jnp.sum(ce * valid) / jnp.maximum(count, 1), count
+    count = valid.sum(axis=(1, 2))
+    return jnp.sum(ce * valid, axis=(1, 2)) / jnp.maximum(count, 1), count
+
+
+def plm_loss(logits: jax.Array, tgt_out: jax.Array, *, eos: int, pad: int) -> tuple[jax.Array, jax.Array]:
+    """PARSeq's permutation LM loss ``sum_k n_k CE_k / sum_k n_k`` (``perm_cross_entropy``) for logits
+    [K, B, L, C] and targets [B, L]. Returns (loss, number of supervised targets summed over permutations)."""
+    ce, n = perm_cross_entropy(logits, tgt_out, eos=eos, pad=pad)
+    count = n.sum()
+    return jnp.sum(ce * n) / jnp.maximum(count, 1), count
 
 
 class TokenDecoder(nnx.Module):
@@ -217,12 +236,13 @@ class ParseqDecoder(TokenDecoder):
         self,
         tgt_in: jax.Array,
         memory_kv: list[tuple[jax.Array, jax.Array]],
-        content_mask: jax.Array,
-        query_mask: jax.Array,
+        content_mask: jax.Array | None,
+        query_mask: jax.Array | None,
         queries: jax.Array | None = None,
         rngs: nnx.Rngs | None = None,
     ) -> jax.Array:
-        """Logits [B, Lq, C] of the queries (default: position queries ``0..L-1``) given the context ``tgt_in``."""
+        """Logits [B, Lq, C] of the queries (default: position queries ``0..L-1``) given the context ``tgt_in``;
+        a None mask lets every query see every key."""
         b, length = tgt_in.shape
         content = apply_dropout(self.drop, self._content(tgt_in), rngs)
         if queries is None:
@@ -233,17 +253,18 @@ class ParseqDecoder(TokenDecoder):
             query, content = layer(query, content, kv, query_mask, content_mask, update_content=not last, rngs=rngs)
         return self.head(self.norm(query)).astype(jnp.float32)
 
-    def loss(
-        self, memory: jax.Array, batch: dict[str, jax.Array], rngs: nnx.Rngs | None = None
-    ) -> tuple[jax.Array, jax.Array]:
-        """(PLM loss, canonical-order logits [B, L, C]) for targets ``batch["label"]`` [B, max_len + 2] and the
-        host-made masks ``batch["perm_content_mask"]``/``["perm_query_mask"]`` [B, K, L, L].
-
-        The K permutations run as one decoder pass over a K-times tiled batch (row ``k * B + b``)."""
-        label = batch["label"]
-        tgt_in, tgt_out = label[:, :-1], label[:, 1:]
+    def perm_logits(
+        self,
+        memory: jax.Array,
+        tgt_in: jax.Array,
+        content_masks: jax.Array,
+        query_masks: jax.Array,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        """Logits [K, B, L, C] of the K permutations given by their masks [B, K, L, L] (True = may attend), with
+        the training key padding (PAD and EOS context). One decoder pass over a K-times tiled batch (row k*B + b)."""
         b, length = tgt_in.shape
-        k = batch["perm_content_mask"].shape[1]
+        k = content_masks.shape[1]
 
         def per_perm(mask: jax.Array) -> jax.Array:  # [B, K, L, L] -> [K * B, 1, L, L]
             return jnp.swapaxes(mask, 0, 1).reshape(k * b, 1, length, length)
@@ -256,25 +277,35 @@ class ParseqDecoder(TokenDecoder):
         logits = self.logits(
             tile(tgt_in),
             memory_kv,
-            key_mask(per_perm(batch["perm_content_mask"]), padding),
-            key_mask(per_perm(batch["perm_query_mask"]), padding),
+            key_mask(per_perm(content_masks), padding),
+            key_mask(per_perm(query_masks), padding),
             rngs=rngs,
-        ).reshape(k, b, length, -1)
-        loss, _ = plm_loss(logits, tgt_out, eos=self.eos, pad=self.pad)
+        )
+        return logits.reshape(k, b, length, -1)
+
+    def loss(
+        self, memory: jax.Array, batch: dict[str, jax.Array], rngs: nnx.Rngs | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """(PLM loss, canonical-order logits [B, L, C]) for targets ``batch["label"]`` [B, max_len + 2] and the
+        host-made masks ``batch["perm_content_mask"]``/``["perm_query_mask"]`` [B, K, L, L]."""
+        label = batch["label"]
+        logits = self.perm_logits(memory, label[:, :-1], batch["perm_content_mask"], batch["perm_query_mask"], rngs)
+        loss, _ = plm_loss(logits, label[:, 1:], eos=self.eos, pad=self.pad)
         return loss, logits[0]
 
-    def predict(self, memory: jax.Array, refine_iters: int | None = None) -> jax.Array:
-        """Greedy AR decoding then cloze refinement; logits [B, max_len + 1, C] (argmax, cut at EOS, gives text)."""
-        refine_iters = self.cfg.refine_iters if refine_iters is None else refine_iters
+    def initial_logits(self, memory_kv: list[tuple[jax.Array, jax.Array]], decode_ar: bool) -> jax.Array:
+        """Logits [B, max_len + 1, C] before refinement: greedy AR decoding, or all positions from BOS alone."""
         steps = self.cfg.steps
-        b = memory.shape[0]
+        b = memory_kv[0][0].shape[0]
+        if not decode_ar:
+            bos = jnp.full((b, 1), self.bos, jnp.int32)
+            return self.logits(bos, memory_kv, None, None, queries=self.pos_queries[...][:, :steps])
         causal = causal_mask(steps)
         positions = jnp.arange(steps)
         num_classes = self.head.kernel.shape[1]
         # one extra slot so that step i can always write its prediction to position i + 1
         tokens = jnp.full((b, steps + 1), self.pad, jnp.int32).at[:, 0].set(self.bos)
         logits = jnp.zeros((b, steps, num_classes), jnp.float32)
-        memory_kv = self.memory_kv(memory)
 
         def step(i, carry):
             tokens, logits = carry
@@ -285,10 +316,24 @@ class ParseqDecoder(TokenDecoder):
             return jax.lax.dynamic_update_slice_in_dim(tokens, nxt[:, None], i + 1, axis=1), logits
 
         _, logits = jax.lax.fori_loop(0, steps, step, (tokens, logits))
-        cloze = positions[None, :] != positions[:, None] + 1
+        return logits
+
+    def refine(self, memory_kv: list[tuple[jax.Array, jax.Array]], logits: jax.Array) -> jax.Array:
+        """One cloze refinement of ``logits`` [B, max_len + 1, C] (context: BOS + their argmax, cut at EOS)."""
+        steps = self.cfg.steps
+        context = jnp.argmax(logits[:, :-1], axis=-1).astype(jnp.int32)
+        tgt_in = jnp.concatenate([jnp.full((logits.shape[0], 1), self.bos, jnp.int32), context], axis=1)
+        padding = jnp.cumsum(tgt_in == self.eos, axis=-1) > 0
+        cloze = cloze_mask(steps)
+        content = cloze if self.cfg.refine_content_mask == "cloze" else causal_mask(steps)
+        return self.logits(tgt_in, memory_kv, key_mask(content, padding), key_mask(cloze, padding))
+
+    def predict(self, memory: jax.Array, refine_iters: int | None = None, decode_ar: bool | None = None) -> jax.Array:
+        """Greedy AR (or NAR) decoding then cloze refinements; logits [B, max_len + 1, C] (argmax, cut at EOS,
+        gives text). ``refine_iters``/``decode_ar`` default to the config's."""
+        refine_iters = self.cfg.refine_iters if refine_iters is None else refine_iters
+        memory_kv = self.memory_kv(memory)
+        logits = self.initial_logits(memory_kv, self.cfg.decode_ar if decode_ar is None else decode_ar)
         for _ in range(refine_iters):
-            context = jnp.argmax(logits[:, :-1], axis=-1).astype(jnp.int32)
-            tgt_in = jnp.concatenate([jnp.full((b, 1), self.bos, jnp.int32), context], axis=1)
-            padding = jnp.cumsum(tgt_in == self.eos, axis=-1) > 0
-            logits = self.logits(tgt_in, memory_kv, key_mask(causal, padding), key_mask(cloze, padding))
+            logits = self.refine(memory_kv, logits)
         return logits

@@ -1,19 +1,21 @@
 """DPTR's fine-tuned recogniser: ViT encoder -> feature merge unit (FMU) -> pre-trained decoder (``dptr.md`` §3).
 
 * ``RecViT``: patchify conv (kernel = stride = ``patch_size``, with bias), learned positions (no class token),
-  pre-LN blocks (``layers.Encoder``, exact GELU), final LayerNorm -> [B, num_patches, width].
-* ``FeatureMergeUnit``: ``steps`` learned queries ``Q0``, one cross-attention and one MLP, no LayerNorm on the
-  queries or the image features and no final LayerNorm::
+  pre-LN blocks (``layers.Encoder``, exact GELU), final LayerNorm -> [B, num_patches, width]. This is also PARSeq's
+  timm ViT (``class_token=False``, ``global_pool=''``) with ``norm_eps=1e-6``.
+* ``FeatureMergeUnit``: ``DecoderConfig.num_fmu_queries`` learned queries ``Q0``, one cross-attention and one MLP
+  (hidden ``mlp_ratio * dim``), no LayerNorm on the queries or the image features and no final LayerNorm::
 
       Q   = Q0 + drop(cross_attn(Q0, F_img))
-      F_u = Q + drop(fc2(drop(gelu(fc1(norm(Q))))))        # [B, steps, dim], the decoder's memory
+      F_u = Q + drop(fc2(drop(gelu(fc1(norm(Q))))))        # [B, queries, dim], the decoder's memory
 
   The image features may be narrower or wider than the decoder (``kv_dim``), so a small encoder can feed it.
   ``Q0`` is uninitialised memory in the original; ``dptr.md`` suggests normal(0.02), but with no LayerNorm in front
   of the attention such small queries give uniform attention over the patches and tiny gradients (fine-tuning
   stalled in our CPU runs), so ``Q0`` is drawn from normal(1.0) (``query_std``), the scale of LayerNorm outputs.
 * ``DptrRecognizer``: the three, with parameter subtrees ``encoder``, ``fmu`` and ``decoder`` (the pre-training
-  model's ``decoder`` subtree has the same names, so fine-tuning copies it over).
+  model's ``decoder`` subtree has the same names, so fine-tuning copies it over); with ``fmu_queries=0`` there is
+  no FMU and the decoder reads the encoder tokens (PARSeq).
 """
 
 from __future__ import annotations
@@ -65,10 +67,11 @@ class RecViT(nnx.Module):
             bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)),
         )
         self.pos_embed = learned_positions(cfg.num_patches, cfg.width, rngs=rngs)
+        mlp_dim = cfg.width * cfg.mlp_ratio
         self.blocks = Encoder(
-            cfg.width, cfg.depth, cfg.heads, cfg.width * cfg.mlp_ratio, "gelu", rngs=rngs, dtype=dtype
+            cfg.width, cfg.depth, cfg.heads, mlp_dim, "gelu", rngs=rngs, dtype=dtype, eps=cfg.norm_eps
         )
-        self.norm = layer_norm(cfg.width, rngs=rngs, dtype=dtype)
+        self.norm = layer_norm(cfg.width, rngs=rngs, dtype=dtype, eps=cfg.norm_eps)
 
     def __call__(self, images: jax.Array) -> jax.Array:
         if tuple(images.shape[1:3]) != tuple(self.cfg.image_size):
@@ -83,25 +86,26 @@ class RecViT(nnx.Module):
 
 
 class FeatureMergeUnit(nnx.Module):
-    """``steps`` learned queries cross-attending to image features, then a pre-LN MLP (see module docstring)."""
+    """``queries`` learned queries cross-attending to image features, then a pre-LN MLP (see module docstring)."""
 
     def __init__(
         self,
         dim: int,
         heads: int,
-        steps: int,
+        queries: int,
         kv_dim: int,
         *,
         rate: float,
         rngs: nnx.Rngs,
         dtype: Dtype = None,
         query_std: float = 1.0,
+        mlp_ratio: int = 4,
     ):
         init = nnx.with_partitioning(nnx.initializers.normal(query_std), (None, None, "embed"))
-        self.token_query = nnx.Param(init(rngs.params(), (1, steps, dim)))
+        self.token_query = nnx.Param(init(rngs.params(), (1, queries, dim)))
         self.cross_attn = torch_mha_init(Attention(dim, heads, rngs=rngs, dtype=dtype, kv_dim=kv_dim), rngs)
         self.norm = layer_norm(dim, rngs=rngs, dtype=dtype)
-        self.mlp = MLP(dim, 4 * dim, "gelu", rngs=rngs, dtype=dtype, dropout=rate)
+        self.mlp = MLP(dim, mlp_ratio * dim, "gelu", rngs=rngs, dtype=dtype, dropout=rate)
         self.drop = dropout(rate)
 
     def __call__(self, features: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -112,25 +116,47 @@ class FeatureMergeUnit(nnx.Module):
 
 
 class DptrRecognizer(nnx.Module):
-    """Images -> ``encoder`` -> ``fmu`` -> ``decoder`` (fine-tuning and inference model)."""
+    """Images -> ``encoder`` -> ``fmu`` (if any) -> ``decoder`` (fine-tuning and inference model); ``charset``
+    turns predicted ids into text (``charset.decode``)."""
 
     def __init__(
         self, encoder: EncoderConfig, decoder: DecoderConfig, charset: Charset, *, rngs: nnx.Rngs, dtype: Dtype = None
     ):
+        self.charset = charset
         self.encoder = RecViT(encoder, rngs=rngs, dtype=dtype)
-        self.fmu = FeatureMergeUnit(
-            decoder.dim, decoder.heads, decoder.steps, encoder.width, rate=decoder.dropout, rngs=rngs, dtype=dtype
-        )
+        queries = decoder.num_fmu_queries
+        self.fmu = None
+        if not queries and encoder.width != decoder.dim:
+            raise ValueError(
+                f"without an FMU the encoder width ({encoder.width}) must be the decoder dim ({decoder.dim})"
+            )
+        if queries:
+            self.fmu = FeatureMergeUnit(
+                decoder.dim,
+                decoder.heads,
+                queries,
+                encoder.width,
+                rate=decoder.dropout,
+                rngs=rngs,
+                dtype=dtype,
+                mlp_ratio=decoder.mlp_ratio,
+            )
         self.decoder = build_decoder(decoder, charset, rngs=rngs, dtype=dtype)
 
     def memory(self, images: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """The decoder's memory [B, steps, dim] for images [B, H, W, 3]."""
-        return self.fmu(self.encoder(images), rngs)
+        """The decoder's memory [B, queries, dim] (the encoder tokens without an FMU) for images [B, H, W, 3]."""
+        tokens = self.encoder(images)
+        return tokens if self.fmu is None else self.fmu(tokens, rngs)
 
     def loss(self, batch: dict[str, jax.Array], rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array]:
         """(decoder loss, canonical logits) for ``batch["image"]`` and its targets."""
         return self.decoder.loss(self.memory(batch["image"], rngs), batch, rngs)
 
     def predict(self, images: jax.Array) -> jax.Array:
-        """Logits [B, steps, C] after AR decoding (and refinement for PARSeq)."""
+        """Logits [B, steps, C] after AR decoding (and refinement for PARSeq), as configured."""
         return self.decoder.predict(self.memory(images))
+
+    def decode_logits(self, images: jax.Array, refine_iters: int = 1) -> jax.Array:
+        """Normalised images [B, H, W, 3] -> full-length greedy AR logits [B, max_len + 1, C] after
+        ``refine_iters`` cloze refinements (the official code's ``max_length=max_label_length`` decoding)."""
+        return self.decoder.predict(self.memory(images), refine_iters, decode_ar=True)
