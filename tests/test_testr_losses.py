@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from clip_text_spot.models.testr.losses import LossConfig, criterion_loss, match_all
-from clip_text_spot.models.testr.matcher import assign_on_host, assignment_pairs
+from clip_text_spot.models.testr.losses import LossConfig, criterion_loss, match_all, set_criterion
+from clip_text_spot.models.testr.matcher import assign_on_host, assignment_pairs, hungarian_assign
 from clip_text_spot.models.testr.postprocess import postprocess_words
 from clip_text_spot.models.testr.targets import (
     batch_targets,
@@ -18,6 +18,7 @@ from clip_text_spot.models.testr.targets import (
     encode_text,
     image_targets,
 )
+from clip_text_spot.parallel import make_mesh
 
 FIXTURE = pathlib.Path(os.environ.get("CTS_TESTR_FIXTURE", pathlib.Path(__file__).parent / "data" / "testr_tiny"))
 RTOL = 1e-5
@@ -116,7 +117,6 @@ def test_gradients_reach_matched_predictions_only(fx):
 
 def test_inference_postprocess(fx):
     ref, outputs = fx["ref"], fx["outputs"]
-    sizes = fx["cfg"]["sizes"]
     words = postprocess_words(
         outputs["pred_logits"],
         outputs["pred_ctrl_points"],
@@ -126,7 +126,7 @@ def test_inference_postprocess(fx):
         float(ref["infer_threshold"]),
         fx["charset"],
     )
-    assert float(ref["infer_threshold"]) == pytest.approx(sizes["th"])
+    assert float(ref["infer_threshold"]) == pytest.approx(fx["cfg"]["effective"]["inference_threshold"])
     for b, w in enumerate(words):
         keep = ref["infer_keep"][b]
         assert len(w.scores) == keep.sum()
@@ -145,9 +145,9 @@ def test_targets_from_polygons_and_transcriptions(fx):
         words = [
             "".join(charset[c] if c < len(charset) else "\u53e3" for c in row if c < eff["pad_class"]) for row in codes
         ]
-        polygons = list(ref[f"tgt_b{b}_polygons_abs"].reshape(len(codes), -1, 2))
+        polygons = list(ref[f"tgt_b{b}_polygons_abs"].reshape(len(codes), eff["num_ctrl_points"], 2))
         got = image_targets(
-            polygons + [polygons[0]],  # a don't-care copy, dropped
+            polygons + [np.array([[0, 0], [9, 0], [9, 5], [0, 5]], np.float32)],  # a don't-care word, dropped
             words + ["###"],
             [False] * len(words) + [True],
             tuple(hw),
@@ -159,8 +159,6 @@ def test_targets_from_polygons_and_transcriptions(fx):
             assert rel_err(got[k], ref[f"tgt_b{b}_{k}"]) <= RTOL, (b, k)
         np.testing.assert_array_equal(got["texts"], codes)
         np.testing.assert_array_equal(got["labels"], ref[f"tgt_b{b}_labels"])
-        bounds = np.concatenate([np.stack(polygons).min(1), np.stack(polygons).max(1)], -1)
-        np.testing.assert_allclose(bounds, ref[f"tgt_b{b}_boxes_xyxy_abs"], rtol=RTOL)
 
 
 def test_target_resampling_and_encoding():
@@ -179,3 +177,27 @@ def test_assignment_leaves_surplus_targets_unmatched():
     cost = np.array([[[1.0, 0.0, 5.0, 9.0], [0.0, 1.0, 5.0, 9.0]]], np.float32)  # 2 queries, 3 targets + 1 pad
     match = assign_on_host(cost, np.array([3]))
     assert match.tolist() == [[1, 0, -1, -1]]
+
+
+def test_padded_tokens_stay_out_of_encoder_matching(fx):
+    ref, outputs = fx["ref"], fx["outputs"]
+    criterion = jax.jit(lambda o, t, v: set_criterion(o, t, fx["loss_cfg"], token_valid=v))
+    token_valid = np.ones(outputs["enc_outputs"]["pred_logits"].shape[:2], bool)
+    losses, matches = criterion(outputs, fx["targets"], token_valid)  # all valid: the official result
+    assert rel_err(losses["loss_ce_enc"], ref["loss_ce_enc"]) <= RTOL
+    for b in range(token_valid.shape[0]):  # now mark the officially matched proposals as padding
+        token_valid[b, ref[f"match_enc_rows_b{b}"]] = False
+    losses, matches = criterion(outputs, fx["targets"], token_valid)
+    enc = np.asarray(matches["enc"])
+    assert (enc[np.asarray(fx["targets"].valid)] >= 0).all()
+    assert all(token_valid[b, m[m >= 0]].all() for b, m in enumerate(enc))
+    np.testing.assert_array_equal(np.asarray(matches["dec_final"]), np.asarray(fx["matches"]["dec_final"]))
+
+
+def test_assignment_per_device_on_a_mesh():
+    cost = np.random.default_rng(0).uniform(size=(3, 2, 6, 4)).astype(np.float32)
+    num_targets = np.array([4, 2], np.int32)
+    mesh = make_mesh({"data": 1, "fsdp": 1, "model": 1})
+    (got,) = jax.jit(lambda c, n: hungarian_assign([c], n, mesh))(cost, num_targets)
+    np.testing.assert_array_equal(np.asarray(got), assign_on_host(cost, num_targets))
+    assert (np.asarray(got)[:, 1, 2:] == -1).all()

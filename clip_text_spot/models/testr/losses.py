@@ -32,6 +32,7 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from clip_text_spot.models.testr.matcher import (
     box_cost,
@@ -147,11 +148,15 @@ def encoder_losses(
 
 
 def match_all(
-    outputs: Mapping, targets: SpotTargets, cfg: LossConfig, token_valid: jax.Array | None = None
+    outputs: Mapping,
+    targets: SpotTargets,
+    cfg: LossConfig,
+    token_valid: jax.Array | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(decoder costs [L, B, Q, N], encoder costs [B, S, N], decoder matches [L, B, N], encoder matches [B, N]).
 
-    Layer order: the aux layers 0..L-2, then the final layer."""
+    Layer order: the aux layers 0..L-2, then the final layer. ``mesh``: see ``matcher.hungarian_assign``."""
     layers = [*outputs.get("aux_outputs", []), outputs] if cfg.aux_loss else [outputs]
     dec_cost = jnp.stack(
         [
@@ -181,16 +186,20 @@ def match_all(
         token_valid,
     )
     num_targets = targets.valid.sum(-1).astype(jnp.int32)
-    dec_match, enc_match = hungarian_assign([dec_cost, enc_cost], num_targets)
+    dec_match, enc_match = hungarian_assign([dec_cost, enc_cost], num_targets, mesh)
     return dec_cost, enc_cost, dec_match, enc_match
 
 
 def set_criterion(
-    outputs: Mapping, targets: SpotTargets, cfg: LossConfig, token_valid: jax.Array | None = None
+    outputs: Mapping,
+    targets: SpotTargets,
+    cfg: LossConfig,
+    token_valid: jax.Array | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """(unweighted loss terms, assignments ``dec_final``, ``dec_aux{i}``, ``enc`` [B, N]) of one batch."""
     targets = SpotTargets(*(jnp.asarray(x) for x in targets))
-    _, _, dec_match, enc_match = match_all(outputs, targets, cfg, token_valid)
+    _, _, dec_match, enc_match = match_all(outputs, targets, cfg, token_valid, mesh)
     num_inst = jnp.maximum(targets.valid.sum().astype(jnp.float32), 1.0)
     aux = list(outputs.get("aux_outputs", [])) if cfg.aux_loss else []
     losses = decoder_losses(outputs, targets, dec_match[-1], num_inst, cfg)
@@ -210,10 +219,14 @@ def weighted_losses(losses: Mapping[str, jax.Array], cfg: LossConfig) -> dict[st
 
 
 def criterion_loss(
-    outputs: Mapping, targets: SpotTargets, cfg: LossConfig, token_valid: jax.Array | None = None
+    outputs: Mapping,
+    targets: SpotTargets,
+    cfg: LossConfig,
+    token_valid: jax.Array | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(training loss, every unweighted and weighted term: ``loss_*``, ``lossw_*``, ``num_inst``)."""
-    losses, _ = set_criterion(outputs, targets, cfg, token_valid)
+    losses, _ = set_criterion(outputs, targets, cfg, token_valid, mesh)
     weighted = weighted_losses(losses, cfg)
     total = sum(weighted.values())
     return total, {**losses, **{"lossw_" + k[len("loss_") :]: v for k, v in weighted.items()}}

@@ -11,15 +11,15 @@ Targets come padded to ``N`` per image (``valid`` [B, N]); only the first ``num_
 reach the solver, so padding never changes an assignment.
 
 The assignment is ``scipy.optimize.linear_sum_assignment`` (exact parity with the official code, which runs it on
-the CPU) called through ``jax.pure_callback`` inside the jitted train step: one host round trip for all cost
-matrices of a step (``hungarian_assign`` takes several). Chosen over a split step (match outside, losses inside)
-because the trainer runs one jitted step and the solver's cost is small next to the step: measured on a 2-core CPU
-(``python -m clip_text_spot.models.testr.matcher``, 10 repeats, median) at the demo sizes (batch 8, 100 queries,
-16 points, 2 decoder layers, 10 targets per image, S = 1360 encoder tokens of a 256x256 image) one callback with
-3 cost matrices takes 1.4 ms of host time inside the step (cost transfer included). On an accelerator the step
-waits for the host once per step; at the paper's sizes (6 layers, S ~ 40k tokens) the encoder block is
-S x N floats per image, still a few MB. The result is ``[..., B, N]`` int32: the query matched to each target, -1 for
-padded targets (and for targets left over when N > queries, as scipy leaves them).
+the CPU) called through ``jax.pure_callback`` inside the jitted train step, one host round trip for all cost
+matrices of a step (``hungarian_assign`` takes several; with a mesh, one per device over its share of the batch).
+Chosen over a split step (match outside, losses inside) because the trainer runs one jitted step and the solver is
+cheap next to it. Measured on a 2-core CPU (``python -m clip_text_spot.models.testr.matcher``: the same jitted
+cost computation with and without the callback, median of 10): demo sizes (batch 8, 2 decoder layers, 100
+queries, 16 points, 10 targets per image, S = 1360 encoder tokens of a 256x256 image) 2.9 ms per step added, of
+which scipy itself 0.7 ms; batch 2 at paper-like sizes (6 layers, 50 targets, S = 21760 tokens of a 1024x1024
+image) 46 ms added, scipy 18 ms (the encoder blocks). The result is ``[..., B, N]`` int32: the query matched to
+each target, -1 for padded targets (and for targets left over when N > queries, as scipy leaves them).
 Non-finite costs (a diverged step) are replaced by +-1e30 on the host so the solver never raises; the loss is then
 non-finite too and the trainer's NaN guard skips the step.
 """
@@ -31,7 +31,11 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from scipy.optimize import linear_sum_assignment
+
+from clip_text_spot.parallel import BATCH_AXES
 
 FOCAL_COST_EPS = 1e-8
 _HOST_BIG = 1e30
@@ -136,13 +140,35 @@ def _assign_all(num_targets: np.ndarray, *costs: np.ndarray) -> tuple[np.ndarray
     return tuple(assign_on_host(c, num_targets) for c in costs)
 
 
-def hungarian_assign(costs: Sequence[jax.Array], num_targets: jax.Array) -> tuple[jax.Array, ...]:
+def _callback_assign(num_targets: jax.Array, *costs: jax.Array) -> tuple[jax.Array, ...]:
+    shapes = tuple(jax.ShapeDtypeStruct((*c.shape[:-2], c.shape[-1]), jnp.int32) for c in costs)
+    return jax.pure_callback(_assign_all, shapes, num_targets, *costs, vmap_method="sequential")
+
+
+def hungarian_assign(
+    costs: Sequence[jax.Array], num_targets: jax.Array, mesh: Mesh | None = None
+) -> tuple[jax.Array, ...]:
     """Assignments for several cost arrays [..., B, R, N] in one host callback; jittable, no gradient.
 
-    Returns for each ``[..., B, N]`` int32: the query (row) matched to each target, -1 for unmatched/padded."""
+    Returns for each ``[..., B, N]`` int32: the query (row) matched to each target, -1 for unmatched/padded. With a
+    ``mesh`` the batch axis is split over its ``BATCH_AXES`` (``jax.shard_map``) and each device's images are
+    solved by its own host callback; without one the whole batch goes to one callback (XLA gathers sharded costs
+    to one device)."""
     costs = [jax.lax.stop_gradient(c) for c in costs]
-    shapes = tuple(jax.ShapeDtypeStruct((*c.shape[:-2], c.shape[-1]), jnp.int32) for c in costs)
-    return jax.pure_callback(_assign_all, shapes, jax.lax.stop_gradient(num_targets), *costs, vmap_method="sequential")
+    num_targets = jax.lax.stop_gradient(num_targets)
+    if mesh is None:
+        return _callback_assign(num_targets, *costs)
+    batch_axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+    def spec(lead: int, tail: int) -> P:
+        return P(*([None] * lead), batch_axes, *([None] * tail))
+
+    return jax.shard_map(
+        _callback_assign,
+        mesh=mesh,
+        in_specs=(spec(0, 0), *(spec(c.ndim - 3, 2) for c in costs)),
+        out_specs=tuple(spec(c.ndim - 3, 1) for c in costs),
+    )(num_targets, *costs)
 
 
 def assignment_pairs(match: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,3 +177,49 @@ def assignment_pairs(match: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cols = np.flatnonzero(match >= 0)
     order = np.argsort(match[cols], kind="stable")
     return match[cols][order].astype(np.int64), cols[order].astype(np.int64)
+
+
+def _time_callback(batch: int, layers: int, queries: int, tokens: int, targets: int, repeats: int = 10) -> dict:
+    """Median seconds of a jitted step computing the matching costs with and without the scipy callback."""
+    import time
+
+    rng = np.random.default_rng(0)
+    args = (
+        rng.normal(size=(layers, batch, queries, 16, 1)).astype(np.float32),
+        rng.uniform(size=(layers, batch, queries, 16, 2)).astype(np.float32),
+        rng.uniform(size=(batch, targets, 16, 2)).astype(np.float32),
+        rng.normal(size=(batch, tokens, 1)).astype(np.float32),
+        rng.uniform(0.1, 0.9, size=(batch, tokens, 4)).astype(np.float32),
+        rng.uniform(0.2, 0.8, size=(batch, targets, 4)).astype(np.float32),
+    )
+
+    def costs(logits, pts, tgt_pts, enc_logits, enc_boxes, tgt_boxes):
+        dec = jax.vmap(lambda lg, p: ctrl_point_cost(lg, p, tgt_pts, 2.0, 5.0, 0.25, 2.0))(logits, pts)
+        labels = jnp.zeros(tgt_boxes.shape[:2], jnp.int32)
+        return dec, box_cost(enc_logits, enc_boxes, tgt_boxes, labels, 2.0, 5.0, 2.0, 0.25, 2.0)
+
+    def with_assign(*a):
+        dec, enc = costs(*a)
+        return hungarian_assign([dec, enc], jnp.full((batch,), targets, jnp.int32))
+
+    out = {}
+    for name, fn in (("costs_only", jax.jit(costs)), ("with_callback", jax.jit(with_assign))):
+        jax.block_until_ready(fn(*args))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - start)
+        out[name] = float(np.median(times))
+    out["callback_s"] = out["with_callback"] - out["costs_only"]
+    return out
+
+
+if __name__ == "__main__":  # python -m clip_text_spot.models.testr.matcher: the callback's cost on this machine
+    import json
+
+    for sizes in (
+        dict(batch=8, layers=2, queries=100, tokens=1360, targets=10),
+        dict(batch=2, layers=6, queries=100, tokens=21760, targets=50),
+    ):
+        print(json.dumps({**sizes, **_time_callback(**sizes)}))

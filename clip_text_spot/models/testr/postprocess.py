@@ -60,7 +60,7 @@ def postprocess_words(
     scores, rec_scores, recs = (np.asarray(x) for x in inference_scores(pred_logits, pred_texts))
     points = np.asarray(pred_ctrl_points, np.float32)
     results = []
-    for b, ((h, w), (oh, ow)) in enumerate(zip(np.asarray(image_sizes), np.asarray(orig_sizes))):
+    for b, ((h, w), (oh, ow)) in enumerate(zip(np.asarray(image_sizes), np.asarray(orig_sizes), strict=True)):
         keep = scores[b] >= threshold
         pts = points[b, keep] * np.array([w, h], np.float32)
         pts = pts * np.array([ow / w, oh / h], np.float32)

@@ -90,7 +90,7 @@ def image_targets(
     return {
         "ctrl_points": (np.stack(ctrl) / scale if ctrl else np.zeros((0, num_points, 2))).astype(np.float32),
         "boxes": box_xyxy_to_cxcywh(xyxy / np.tile(scale, 2)).astype(np.float32),
-        "texts": np.stack([encode_text(texts[i], charset, max_chars) for i in keep]).reshape(-1, max_chars),
+        "texts": np.array([encode_text(texts[i], charset, max_chars) for i in keep], np.int32).reshape(-1, max_chars),
         "labels": np.zeros(len(keep), np.int32),
     }
 
