@@ -20,8 +20,9 @@ reconstructed contours self-intersect, so the repair matters; its result depends
 
 ``text_repr_type='quad'`` is a no-op in the official code (the minAreaRect quads are computed, then discarded), so
 TCM's IC15 output is the 50-point polygons; that is the default here too, and ``true_quad=True`` turns the final
-(NMS-ed, rescaled) polygons into the intended ``cv2.boxPoints(cv2.minAreaRect(.))`` quads (truncated to integers). ``FCE_PRESETS``: ``tcm`` (TCM's FCENet
-configs: quad, alpha 1.2, beta 1.0) and ``mmocr`` (``FCEPostprocessor``'s defaults: poly, alpha 1.0, beta 2.0).
+(NMS-ed, rescaled) polygons into the intended ``cv2.boxPoints(cv2.minAreaRect(.))`` quads (truncated to integers).
+``FCE_PRESETS``: ``tcm`` (TCM's FCENet configs: quad, alpha 1.2, beta 1.0) and ``mmocr`` (``FCEPostprocessor``'s
+defaults: poly, alpha 1.0, beta 2.0).
 """
 
 from __future__ import annotations

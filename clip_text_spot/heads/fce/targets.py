@@ -246,7 +246,9 @@ def resample_polygon(poly: np.ndarray, n: int = 400) -> np.ndarray:
     """float64 [<= n, 2]: ``int32(len_i / (total + 1e-8) * n)`` equally spaced points on each edge (start included)."""
     poly = np.asarray(poly)
     m = len(poly)
-    lengths = [((poly[i][0] - poly[(i + 1) % m][0]) ** 2 + (poly[i][1] - poly[(i + 1) % m][1]) ** 2) ** 0.5 for i in range(m)]
+    lengths = [
+        ((poly[i][0] - poly[(i + 1) % m][0]) ** 2 + (poly[i][1] - poly[(i + 1) % m][1]) ** 2) ** 0.5 for i in range(m)
+    ]
     total = sum(lengths)
     counts = ((np.array(lengths) / (total + 1e-8)) * n).astype(np.int32)
     out = []

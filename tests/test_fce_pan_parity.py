@@ -1,0 +1,295 @@
+"""FCENet (``clip_text_spot.heads.fce``) against the official mmocr 0.4 / TCM outputs in ``tests/data/fce_pan_mmocr``.
+
+The fixture folder can be swapped with ``CTS_FCE_PAN_FIXTURE`` (same layout, other values and sizes): every size and
+parameter comes from its arrays and ``config.json``. Integers (levels, indices, quads, masks, reconstructed points)
+must be equal; float32 values agree within 1e-5 (relative for the losses, scaled by the largest value for the
+gradients and feature maps); float64 host values within 1e-9 relative.
+"""
+
+import json
+import os
+import pathlib
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors.numpy import load_file
+
+from clip_text_spot.heads.fce import targets as T
+from clip_text_spot.heads.fce.aux import fce_aux_loss
+from clip_text_spot.heads.fce.loss import LOSS_TERMS, fce_loss, fourier2poly
+from clip_text_spot.heads.fce.model import FCEDecoder, load_official_fcenet
+from clip_text_spot.heads.fce.postprocess import (
+    fce_level_boundaries,
+    fce_postprocess,
+    fce_score_map,
+    fourier_to_polygons,
+    poly_nms,
+    resolve_config,
+)
+from clip_text_spot.models.clip.convert import CheckpointMismatchError
+
+FIXTURE = pathlib.Path(os.environ.get("CTS_FCE_PAN_FIXTURE", pathlib.Path(__file__).parent / "data" / "fce_pan_mmocr"))
+LEVEL_NAMES = ("p3", "p4", "p5", "matching")
+
+
+@pytest.fixture(scope="module")
+def ref():
+    with np.load(FIXTURE / "reference.npz", allow_pickle=False) as f:
+        return dict(f)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return json.loads((FIXTURE / "config.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def target_config(cfg):
+    t = cfg["fce"]["targets"]
+    return T.FCETargetConfig(
+        fourier_degree=t["fourier_degree"],
+        resample_step=float(t["resample_step"]),
+        center_region_shrink_ratio=float(t["center_region_shrink_ratio"]),
+        orientation_thr=float(t["orientation_thr"]),
+        level_size_divisors=tuple(t["level_size_divisors"]),
+        level_proportion_range=tuple(tuple(r) for r in t["level_proportion_range"]),
+    )
+
+
+def split_points(xy: np.ndarray, npts: np.ndarray) -> list[np.ndarray]:
+    """Concatenated [sum n, 2] points -> one array per entry."""
+    return np.split(xy, np.cumsum(npts)[:-1]) if len(npts) else []
+
+
+def image_polygons(ref: dict, prefix: str) -> list[tuple[tuple[int, int], list, list]]:
+    """Per image of ``<prefix>_in_*``: (canvas hw, text polygons, ignore polygons) in fixture order."""
+    polys = split_points(ref[f"{prefix}_in_polys_xy"], ref[f"{prefix}_in_polys_npts"])
+    img, ign = ref[f"{prefix}_in_polys_image"], ref[f"{prefix}_in_polys_ignore"]
+    return [
+        (
+            tuple(int(v) for v in hw),
+            [p for p, i, g in zip(polys, img, ign, strict=True) if i == b and not g],
+            [p for p, i, g in zip(polys, img, ign, strict=True) if i == b and g],
+        )
+        for b, hw in enumerate(ref[f"{prefix}_in_canvas_hw"])
+    ]
+
+
+def nhwc(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a).transpose(0, 2, 3, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# targets
+
+
+def test_level_assignment(ref, target_config):
+    polys = split_points(ref["fce_in_polys_xy"], ref["fce_in_polys_npts"])
+    heights = ref["fce_in_canvas_hw"][ref["fce_in_polys_image"], 0]
+    got = np.concatenate([T.assign_levels([p], int(h), target_config) for p, h in zip(polys, heights, strict=True)])
+    np.testing.assert_array_equal(got, ref["fce_level_assign"])
+
+
+def test_target_sub_steps(ref, target_config):
+    """Head/tail edges, resampled sidelines, centre quads, resampled polygon, start point, raw and clockwise Fourier
+    coefficients of every (image, level, text polygon) entry."""
+    polys = split_points(ref["fce_in_polys_xy"], ref["fce_in_polys_npts"])
+    divisors = target_config.level_size_divisors
+    k = target_config.fourier_degree
+    top_ref = split_points(ref["fce_sub_top_resampled"], ref["fce_sub_sideline_npts"])
+    bot_ref = split_points(ref["fce_sub_bot_resampled"], ref["fce_sub_sideline_npts"])
+    quads_ref = split_points(ref["fce_sub_center_quads"], ref["fce_sub_center_quads_n"])
+    resampled_ref = dict(
+        zip(
+            ref["fce_sub_resampled_entries"],
+            split_points(ref["fce_sub_resampled_polygon"], ref["fce_sub_resampled_npts"]),
+            strict=True,
+        )
+    )
+    assert len(resampled_ref) > 0
+    for e, (lvl, p) in enumerate(zip(ref["fce_sub_level"], ref["fce_sub_poly"], strict=True)):
+        poly = polys[p] / divisors[lvl]
+        head, tail = T.find_head_tail(poly, target_config.orientation_thr)
+        np.testing.assert_array_equal([head, tail], [ref["fce_sub_head_inds"][e], ref["fce_sub_tail_inds"][e]])
+        top, bot = T.resample_sidelines(*T.sidelines(poly, target_config.orientation_thr), target_config.resample_step)
+        np.testing.assert_allclose(top, top_ref[e], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(bot, bot_ref[e], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(T.center_quads(poly, target_config), quads_ref[e])
+
+        resampled = T.resample_polygon(poly, target_config.num_resample)
+        if e in resampled_ref:
+            np.testing.assert_allclose(resampled, resampled_ref[e], rtol=1e-9, atol=1e-9)
+        start = T.normalize_start(resampled)
+        assert start == ref["fce_sub_normalize_start"][e]
+        raw = T.poly2fourier(np.concatenate([resampled[start:], resampled[:start]]), k)
+        scale = np.abs(ref["fce_sub_fourier_raw"][e]).max()
+        np.testing.assert_allclose(np.stack([raw.real, raw.imag], 1), ref["fce_sub_fourier_raw"][e], atol=1e-9 * scale)
+        c, reversed_ = T.clockwise(raw, k)
+        assert reversed_ == ref["fce_sub_reversed"][e]
+        np.testing.assert_allclose(
+            T.fourier_signature(poly, target_config), ref["fce_sub_signature"][e], atol=1e-9 * scale
+        )
+        np.testing.assert_array_equal(np.stack([c.real, c.imag], 1), T.fourier_signature(poly, target_config))
+
+
+@pytest.mark.parametrize("prefix,target_prefix", [("fce", "fce_targets"), ("fce_loss2", "fce_loss2_targets")])
+def test_targets(ref, target_config, prefix, target_prefix):
+    names = LEVEL_NAMES[: len(target_config.level_size_divisors)]
+    for b, (hw, text, ignore) in enumerate(image_polygons(ref, prefix)):
+        levels = T.fce_targets(text, ignore, hw, target_config)
+        for name, got in zip(names, levels, strict=True):
+            want = nhwc(ref[f"{target_prefix}_{name}"][b : b + 1])[0]
+            assert got.shape == want.shape, (b, name)
+            np.testing.assert_array_equal(got[..., :3], want[..., :3], err_msg=f"image {b} level {name}")
+            np.testing.assert_allclose(got[..., 3:], want[..., 3:], rtol=0, atol=1e-5, err_msg=f"image {b} {name}")
+
+
+def test_center_region_even_odd(ref, target_config):
+    """One multi-contour fillPoly over all quads (official), not the union of one-quad fills."""
+    polys = split_points(ref["fce_cparity_polys_xy"], ref["fce_cparity_polys_npts"])
+    hw = tuple(int(v) for v in ref["fce_cparity_hw"])
+    quads = np.concatenate([T.center_quads(p, target_config) for p in polys])
+    np.testing.assert_array_equal(quads, ref["fce_cparity_quads"])
+    np.testing.assert_array_equal(T.center_region_mask(polys, hw, target_config), ref["fce_cparity_mask"])
+    union = np.zeros(hw, np.uint8)
+    for q in quads:
+        cv2.fillPoly(union, [q], 1)
+    np.testing.assert_array_equal(union, ref["fce_cparity_union_of_quads"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loss
+
+
+def test_fourier2poly_both_forms(ref):
+    x, y = fourier2poly(jnp.asarray(ref["fce_f2p_torch_real"]), jnp.asarray(ref["fce_f2p_torch_imag"]))
+    for got, want in ((x, ref["fce_f2p_torch_x"]), (y, ref["fce_f2p_torch_y"])):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    coeff = ref["fce_f2p_np_coeff"]
+    n = ref["fce_f2p_np_poly"].shape[1] // 2
+    np.testing.assert_array_equal(fourier_to_polygons(coeff[..., 0] + 1j * coeff[..., 1], n), ref["fce_f2p_np_poly"])
+
+
+@pytest.mark.parametrize("case", ["fce_loss", "fce_loss2"])
+def test_fce_loss_and_gradients(ref, cfg, case):
+    """Per-level and summed terms (relative 1e-5) and d(sum of terms)/d(predictions)."""
+    lcfg = cfg["fce"]["loss"]
+    if case == "fce_loss":
+        images = ref["fce_loss_batch_images"]
+        targets = [nhwc(ref[f"fce_targets_{n}"][images]) for n in LEVEL_NAMES[:3]]
+    else:
+        targets = [nhwc(ref[f"fce_loss2_targets_{n}"]) for n in LEVEL_NAMES[:3]]
+    cls = [nhwc(ref[f"{case}_cls_l{i}"]) for i in range(3)]
+    reg = [nhwc(ref[f"{case}_reg_l{i}"]) for i in range(3)]
+
+    def total(c, r):
+        tot, parts = fce_loss(c, r, targets, lcfg["ohem_ratio"], lcfg["num_sample"])
+        return tot, parts
+
+    (_, parts), grads = jax.jit(jax.value_and_grad(total, argnums=(0, 1), has_aux=True))(cls, reg)
+    np.testing.assert_allclose(np.asarray(parts["per_level"]), ref[f"{case}_terms_per_level"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose([float(parts[k]) for k in LOSS_TERMS], ref[f"{case}_terms"], rtol=1e-5, atol=1e-7)
+    for i in range(3):
+        for got, name in ((grads[0][i], "cls"), (grads[1][i], "reg")):
+            want = nhwc(ref[f"{case}_grad_{name}_l{i}"])
+            np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5 * max(np.abs(want).max(), 1e-3))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# post-processing
+
+
+@pytest.fixture(scope="module")
+def pp_maps(ref):
+    cls = [nhwc(ref[f"fce_pp_cls_l{i}"])[0] for i in range(3)]
+    reg = [nhwc(ref[f"fce_pp_reg_l{i}"])[0] for i in range(3)]
+    return cls, reg
+
+
+def assert_boundaries(got: np.ndarray, want: np.ndarray):
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got[:, :-1], want[:, :-1])
+    np.testing.assert_allclose(got[:, -1], want[:, -1], rtol=0, atol=1e-6)
+
+
+def test_fce_postprocess(ref, cfg, pp_maps):
+    pcfg = cfg["fce"]["postprocess"]
+    common = dict(
+        scales=tuple(pcfg["scales"]),
+        nms_thr=pcfg["nms_thr"],
+        score_thr=pcfg["score_thr"],
+        num_reconstr_points=pcfg["num_reconstr_points"],
+    )
+    cls, reg = pp_maps
+    v = pcfg["variants"]
+    tcm = resolve_config("tcm", **common, **v["tcm_quad"])
+    for i, (c, s) in enumerate(zip(cls, tcm.scales, strict=True)):
+        np.testing.assert_allclose(fce_score_map(c, tcm.alpha, tcm.beta), ref[f"fce_pp_score_l{i}"], rtol=0, atol=1e-6)
+        assert_boundaries(fce_level_boundaries(c, reg[i], s, tcm), ref[f"fce_pp_tcm_quad_level{i}"])
+    assert_boundaries(poly_nms(ref["fce_nms_in"], tcm.nms_thr), ref["fce_nms_out"])
+    for name, preset in (("tcm_quad", "tcm"), ("tcm_poly", "tcm"), ("mmocr_default_poly", "mmocr")):
+        config = resolve_config(preset, **common, **v[name])
+        assert_boundaries(fce_postprocess(cls, reg, config), ref[f"fce_pp_{name}"])
+    scale = tuple(float(s) for s in ref["fce_pp_scale_factor"][:2])
+    assert_boundaries(fce_postprocess(cls, reg, tcm, scale=scale), ref["fce_pp_tcm_quad_rescaled"])
+    quads = fce_postprocess(cls, reg, tcm, true_quad=True)
+    assert quads.shape == (len(ref["fce_pp_tcm_quad"]), 9)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# auxiliary score-map loss and network
+
+
+def test_fce_aux_loss(ref):
+    """B = 1 equals the official loss; at B = 2 the per-image loss differs from the official (broadcast) value,
+    which ``official_broadcast=True`` reproduces."""
+
+    def run(b: str, official: bool):
+        pred = jnp.asarray(nhwc(ref[f"fce_aux_{b}_pred"]))  # already S / tau
+        matching = nhwc(ref["fce_targets_matching"][ref[f"fce_aux_{b}_images"]])
+        loss, grad = jax.jit(
+            jax.value_and_grad(lambda p: fce_aux_loss(p, matching, tau=1.0, official_broadcast=official))
+        )(pred)
+        return float(loss), np.asarray(grad)
+
+    for b, official in (("b1", False), ("b2", True)):
+        loss, grad = run(b, official)
+        want = nhwc(ref[f"fce_aux_{b}_grad"])
+        np.testing.assert_allclose(loss, ref[f"fce_aux_{b}_loss"], rtol=1e-5)
+        np.testing.assert_allclose(grad, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    per_image, _ = run("b2", False)
+    assert abs(per_image - float(ref["fce_aux_b2_loss"])) > 1e-3
+
+
+def test_fce_net_forward_and_loader(ref, cfg):
+    net = cfg["nets"]["fce"]
+    model = FCEDecoder(net["in_channels"], net["out_channels"], rngs=nnx.Rngs(0))
+    load_official_fcenet(model, str(FIXTURE / "fcenet_tiny.safetensors"))
+    feats = [jnp.asarray(nhwc(ref[f"fce_net_in_c{i}"])) for i in (3, 4, 5)]
+    graph, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, feats):
+        decoder = nnx.merge(graph, state)
+        levels = decoder.neck(feats)
+        return levels, decoder.bbox_head(levels)
+
+    with jax.default_matmul_precision("highest"):
+        levels, outs = forward(state, feats)
+    for i, (p, (c, r)) in enumerate(zip(levels, outs, strict=True)):
+        for got, name in ((p, f"fce_net_fpn_p{i + 3}"), (c, f"fce_net_cls_l{i}"), (r, f"fce_net_reg_l{i}")):
+            want = nhwc(ref[name])
+            np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5 * max(np.abs(want).max(), 1.0))
+
+    sd = load_file(str(FIXTURE / "fcenet_tiny.safetensors"))
+    sd.pop("neck.fpn_convs.1.conv.bias")
+    sd["bbox_head.out_conv_cls.bias"] = np.zeros(5, np.float32)
+    sd["neck.extra_conv.conv.weight"] = np.zeros((1, 1, 1, 1), np.float32)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_official_fcenet(model, sd)
+    for name in ("neck/fpn_convs/1/conv/bias", "bbox_head/out_conv_cls/bias", "neck/extra_conv/conv/kernel"):
+        assert name in str(err.value)
