@@ -1,0 +1,258 @@
+"""Import official TESTR checkpoints (AdelaiDet / TCM ``spotter/`` state dicts re-saved as safetensors).
+
+Names are the official ``TESTR`` module's (``transformer.encoder.layers.0.self_attn.value_proj.weight``...), with or
+without the ``testr.`` prefix of detectron2 checkpoints. Sizes come from tensor shapes: width and levels
+(``transformer.level_embed``), encoder / decoder depth, FFN width, sampling points per MSDeformAttn (its
+``attention_weights`` rows / (heads x levels)), control points, characters, vocabulary (``text_class`` rows - 1),
+backbone channels (``input_proj``). What shapes cannot tell are keyword arguments with the official defaults:
+``heads`` 8, ``num_queries`` 100, ``use_polygon``, ``strides``; ``enc_points`` / ``dec_points`` / ``voc_size``, when
+given, are checked against the shapes.
+
+Shared modules appear under several official names (``ctrl_point_class.{0..n-1}``, ``ctrl_point_coord.{i}``, and
+``transformer.bbox_class_embed`` / ``transformer.bbox_embed`` = ``bbox_class`` / ``bbox_coord``): each copy must hold
+the same values. ``text_pos_embed.inv_freq`` is a fixed buffer, checked against the formula. PyTorch's packed
+``in_proj_weight`` is split into q / k / v. Backbone tensors (``backbone.*``) are not part of this model and are
+skipped. A missing, unexpected or mis-shaped tensor is an error naming it (official name). Pickles are refused.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from clip_text_spot.models.clip.convert import (
+    CheckpointMismatchError,
+    _count,
+    _materialize,
+    assign_flat,
+    model_flat_state,
+)
+from clip_text_spot.models.fasttcm.official import read_official_state
+from clip_text_spot.models.testr.model import TESTR, TESTRConfig
+
+Flat = dict[str, np.ndarray]
+
+BACKBONE_PREFIX = "backbone."
+# official module path -> ours (on the name without its leaf; first match wins)
+_RULES = [
+    (r"^input_proj\.(\d+)\.0$", r"input_proj/\1/conv"),
+    (r"^input_proj\.(\d+)\.1$", r"input_proj/\1/norm"),
+    (
+        r"^transformer\.(encoder|decoder)\.layers\.(\d+)\.linear([12])(_text)?$",
+        r"transformer/\1_layers/\2/ffn\4/linear\3",
+    ),
+    (r"^transformer\.(encoder|decoder)\.layers\.(\d+)\.(.+)$", r"transformer/\1_layers/\2/\3"),
+    (r"^transformer\.bbox_class_embed$", "bbox_class"),
+    (r"^transformer\.bbox_embed\.layers\.(\d+)$", r"bbox_coord/layers/\1"),
+    (r"^ctrl_point_class\.\d+$", "ctrl_point_class"),
+    (r"^ctrl_point_coord\.\d+\.layers\.(\d+)$", r"ctrl_point_coord/layers/\1"),
+    (r"^(ctrl_point_embed|text_embed)$", r"\1"),
+    (r"^(.+)$", r"\1"),
+]
+_RULES = [(re.compile(a), b) for a, b in _RULES]
+_MHA = re.compile(r"^(.+)\.in_proj_(weight|bias)$")
+
+
+def _leaf(module: str, leaf: str, w: np.ndarray) -> tuple[str, np.ndarray]:
+    """(our name, Flax-layout array) of one official tensor, ``module`` already in our path form."""
+    if module in ("ctrl_point_embed", "text_embed", "transformer/level_embed") and leaf in ("weight", ""):
+        return module, w
+    if leaf == "bias":
+        return f"{module}/bias", w
+    if leaf == "weight" and w.ndim == 4:
+        return f"{module}/kernel", w.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if leaf == "weight" and w.ndim == 2:
+        return f"{module}/kernel", w.T
+    if leaf == "weight" and w.ndim == 1:
+        return f"{module}/scale", w
+    raise CheckpointMismatchError(f"unexpected tensor layout {module}.{leaf} {w.shape}")
+
+
+def _convert(name: str, w: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """One official tensor -> [(our name, array)] (three for a packed attention projection)."""
+    mha = _MHA.match(name)
+    if mha:
+        module = next(rx.sub(repl, mha.group(1)) for rx, repl in _RULES if rx.match(mha.group(1))).replace(".", "/")
+        parts = np.split(w, 3, axis=0)
+        kind = "kernel" if mha.group(2) == "weight" else "bias"
+        return [
+            (f"{module}/{p}_proj/{kind}", x.T if kind == "kernel" else x) for p, x in zip("qkv", parts, strict=True)
+        ]
+    if name == "transformer.level_embed":
+        return [("transformer/level_embed", w)]
+    module, leaf = name.rsplit(".", 1)
+    module = next(rx.sub(repl, module) for rx, repl in _RULES if rx.match(module)).replace(".", "/")
+    return [_leaf(module, leaf, w)]
+
+
+def official_to_flat(sd: Flat) -> tuple[Flat, dict[str, str]]:
+    """Official tensors -> (our flat ``/`` names, our name -> the official name it came from). Copies of a shared
+    module must agree; ``text_pos_embed.inv_freq`` must equal the formula."""
+    out: Flat = {}
+    origin: dict[str, str] = {}
+    for name in sorted(sd):
+        w = np.asarray(sd[name])
+        if name == "text_pos_embed.inv_freq":
+            dim = 2 * w.shape[0]
+            expected = 1.0 / 10000.0 ** (np.arange(0, dim, 2, dtype=np.float32) / dim)
+            if not np.allclose(w, expected, rtol=1e-6, atol=0):
+                raise CheckpointMismatchError(f"{name} differs from PositionalEncoding1D's fixed frequencies")
+            continue
+        for key, value in _convert(name, w):
+            if key in out:
+                if out[key].shape != value.shape or not np.array_equal(out[key], value):
+                    raise CheckpointMismatchError(
+                        f"{name} and {origin[key]} are one shared module in TESTR but hold different values"
+                    )
+                continue
+            out[key], origin[key] = value, name
+    return out, origin
+
+
+def _points(sd: Flat, name: str, heads: int, levels: int, given: int | None, what: str) -> int:
+    rows = sd[name].shape[0]
+    points, rest = divmod(rows, heads * levels)
+    if rest or points == 0:
+        raise CheckpointMismatchError(
+            f"{name} {sd[name].shape}: {rows} rows are not heads {heads} x levels {levels} x points"
+        )
+    if given is not None and given != points:
+        raise CheckpointMismatchError(
+            f"{what}={given}, but {name} {sd[name].shape} holds {points} points per head and level"
+        )
+    return points
+
+
+def config_from_official(
+    sd: Flat,
+    *,
+    heads: int = 8,
+    enc_points: int | None = None,
+    dec_points: int | None = None,
+    num_queries: int = 100,
+    voc_size: int | None = None,
+    use_polygon: bool = True,
+    strides: tuple[int, ...] = (8, 16, 32),
+    backbone_channels: tuple[int, ...] = (512, 1024, 2048),
+    dropout: float = 0.1,
+    isolate_padding: bool = False,
+    dtype: str = "float32",
+) -> TESTRConfig:
+    """A ``TESTRConfig`` from the (un-prefixed, backbone-free) official tensors and the keyword arguments."""
+
+    def need(name: str) -> np.ndarray:
+        if name not in sd:
+            raise CheckpointMismatchError(f"official TESTR checkpoint lacks tensor {name!r}")
+        return sd[name]
+
+    levels, dim = need("transformer.level_embed").shape
+    if dim % heads:
+        raise CheckpointMismatchError(f"width {dim} (transformer.level_embed) is not divisible by heads={heads}")
+    enc_layers = _count(sd, r"transformer\.encoder\.layers\.(\d+)\.")
+    dec_layers = _count(sd, r"transformer\.decoder\.layers\.(\d+)\.")
+    if not enc_layers or not dec_layers:
+        raise CheckpointMismatchError(
+            f"official TESTR checkpoint has {enc_layers} encoder / {dec_layers} decoder layers"
+        )
+    need("transformer.encoder.layers.0.self_attn.attention_weights.weight")
+    need("transformer.decoder.layers.0.attn_cross.attention_weights.weight")
+    enc_points = _points(
+        sd, "transformer.encoder.layers.0.self_attn.attention_weights.weight", heads, levels, enc_points, "enc_points"
+    )
+    dec_points = _points(
+        sd, "transformer.decoder.layers.0.attn_cross.attention_weights.weight", heads, levels, dec_points, "dec_points"
+    )
+    texts = need("text_class.weight").shape[0]
+    if voc_size is not None and voc_size + 1 != texts:
+        raise CheckpointMismatchError(
+            f"voc_size={voc_size}, but text_class.weight {sd['text_class.weight'].shape} has {texts} classes"
+        )
+    n_proj = _count(sd, r"input_proj\.(\d+)\.0\.weight")
+    if levels > 1:
+        backbone_channels = tuple(
+            int(need(f"input_proj.{i}.0.weight").shape[1])
+            for i in range(n_proj)
+            if need(f"input_proj.{i}.0.weight").shape[2:] == (1, 1)
+        )
+    return TESTRConfig(
+        dim=int(dim),
+        heads=heads,
+        levels=int(levels),
+        enc_layers=enc_layers,
+        dec_layers=dec_layers,
+        ffn=int(need("transformer.encoder.layers.0.linear1.weight").shape[0]),
+        enc_points=enc_points,
+        dec_points=dec_points,
+        num_queries=num_queries,
+        ctrl_points=int(need("ctrl_point_embed.weight").shape[0]),
+        chars=int(need("text_embed.weight").shape[0]),
+        voc_size=texts - 1,
+        backbone_channels=backbone_channels,
+        strides=tuple(strides),
+        use_polygon=use_polygon,
+        dropout=dropout,
+        isolate_padding=isolate_padding,
+        dtype=dtype,
+    )
+
+
+def split_official_state(sd: Flat) -> tuple[Flat, Flat]:
+    """(TESTR tensors, ``backbone.*`` tensors), both without the detectron2 ``testr.`` prefix."""
+    sd = {k.removeprefix("testr."): v for k, v in sd.items()}
+    backbone = {k: v for k, v in sd.items() if k.startswith(BACKBONE_PREFIX)}
+    return {k: v for k, v in sd.items() if k not in backbone}, backbone
+
+
+def from_official_testr(
+    path: str | Flat,
+    *,
+    heads: int = 8,
+    enc_points: int | None = None,
+    dec_points: int | None = None,
+    num_queries: int = 100,
+    voc_size: int | None = None,
+    use_polygon: bool = True,
+    strides: tuple[int, ...] = (8, 16, 32),
+    dropout: float = 0.1,
+    isolate_padding: bool = False,
+    dtype: str = "float32",
+) -> TESTR:
+    """A ``TESTR`` (eval mode) holding an official checkpoint (a ``.safetensors`` path or a state dict); see the
+    module docstring for what is inferred and what the keyword arguments set."""
+    raw = read_official_state(path) if isinstance(path, str) else dict(path)
+    sd, backbone = split_official_state(raw)
+    if backbone:
+        logging.info("from_official_testr: %d backbone tensors are not part of TESTR; skipped", len(backbone))
+    config = config_from_official(
+        sd,
+        heads=heads,
+        enc_points=enc_points,
+        dec_points=dec_points,
+        num_queries=num_queries,
+        voc_size=voc_size,
+        use_polygon=use_polygon,
+        strides=strides,
+        dropout=dropout,
+        isolate_padding=isolate_padding,
+        dtype=dtype,
+    )
+    flat, origin = official_to_flat(sd)
+    model = _materialize(nnx.eval_shape(lambda: TESTR(config, rngs=nnx.Rngs(0))))
+    target = model_flat_state(model)
+    problems = [f"unexpected tensor {origin[k]!r}" for k in sorted(set(flat) - set(target))]
+    problems += [f"missing tensor for {k!r}" for k in sorted(set(target) - set(flat))]
+    problems += [
+        f"tensor {origin[k]!r} has shape {tuple(sd[origin[k]].shape)}, the model needs {tuple(target[k].shape)} "
+        "(Flax layout)"
+        for k in sorted(set(flat) & set(target))
+        if tuple(flat[k].shape) != tuple(target[k].shape)
+    ]
+    if problems:
+        source = path if isinstance(path, str) else "official TESTR state dict"
+        raise CheckpointMismatchError(f"{source} does not match TESTR {config}:\n  " + "\n  ".join(problems[:20]))
+    assign_flat(model, flat)
+    model.eval()
+    return model
