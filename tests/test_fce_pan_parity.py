@@ -79,6 +79,11 @@ def image_polygons(ref: dict, prefix: str) -> list[tuple[tuple[int, int], list, 
     ]
 
 
+def num_levels(ref: dict, prefix: str) -> int:
+    """How many ``<prefix>0, <prefix>1, ...`` arrays the fixture holds."""
+    return sum(1 for k in ref if k.startswith(prefix) and k[len(prefix) :].isdigit())
+
+
 def nhwc(a: np.ndarray) -> np.ndarray:
     return np.asarray(a).transpose(0, 2, 3, 1)
 
@@ -178,13 +183,14 @@ def test_fourier2poly_both_forms(ref):
 def test_fce_loss_and_gradients(ref, cfg, case):
     """Per-level and summed terms (relative 1e-5) and d(sum of terms)/d(predictions)."""
     lcfg = cfg["fce"]["loss"]
+    levels = num_levels(ref, f"{case}_cls_l")
     if case == "fce_loss":
         images = ref["fce_loss_batch_images"]
-        targets = [nhwc(ref[f"fce_targets_{n}"][images]) for n in LEVEL_NAMES[:3]]
+        targets = [nhwc(ref[f"fce_targets_{n}"][images]) for n in LEVEL_NAMES[:levels]]
     else:
-        targets = [nhwc(ref[f"fce_loss2_targets_{n}"]) for n in LEVEL_NAMES[:3]]
-    cls = [nhwc(ref[f"{case}_cls_l{i}"]) for i in range(3)]
-    reg = [nhwc(ref[f"{case}_reg_l{i}"]) for i in range(3)]
+        targets = [nhwc(ref[f"fce_loss2_targets_{n}"]) for n in LEVEL_NAMES[:levels]]
+    cls = [nhwc(ref[f"{case}_cls_l{i}"]) for i in range(levels)]
+    reg = [nhwc(ref[f"{case}_reg_l{i}"]) for i in range(levels)]
 
     def total(c, r):
         tot, parts = fce_loss(c, r, targets, lcfg["ohem_ratio"], lcfg["num_sample"])
@@ -193,7 +199,7 @@ def test_fce_loss_and_gradients(ref, cfg, case):
     (_, parts), grads = jax.jit(jax.value_and_grad(total, argnums=(0, 1), has_aux=True))(cls, reg)
     np.testing.assert_allclose(np.asarray(parts["per_level"]), ref[f"{case}_terms_per_level"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose([float(parts[k]) for k in LOSS_TERMS], ref[f"{case}_terms"], rtol=1e-5, atol=1e-7)
-    for i in range(3):
+    for i in range(levels):
         for got, name in ((grads[0][i], "cls"), (grads[1][i], "reg")):
             want = nhwc(ref[f"{case}_grad_{name}_l{i}"])
             np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5 * max(np.abs(want).max(), 1e-3))
@@ -205,8 +211,9 @@ def test_fce_loss_and_gradients(ref, cfg, case):
 
 @pytest.fixture(scope="module")
 def pp_maps(ref):
-    cls = [nhwc(ref[f"fce_pp_cls_l{i}"])[0] for i in range(3)]
-    reg = [nhwc(ref[f"fce_pp_reg_l{i}"])[0] for i in range(3)]
+    levels = num_levels(ref, "fce_pp_cls_l")
+    cls = [nhwc(ref[f"fce_pp_cls_l{i}"])[0] for i in range(levels)]
+    reg = [nhwc(ref[f"fce_pp_reg_l{i}"])[0] for i in range(levels)]
     return cls, reg
 
 
@@ -223,9 +230,13 @@ def test_fce_postprocess(ref, cfg, pp_maps):
         nms_thr=pcfg["nms_thr"],
         score_thr=pcfg["score_thr"],
         num_reconstr_points=pcfg["num_reconstr_points"],
+        fourier_degree=cfg["fce"]["targets"]["fourier_degree"],
     )
     cls, reg = pp_maps
-    v = pcfg["variants"]
+    v = {  # mmocr's text_repr_type is our text_repr
+        name: {("text_repr" if k == "text_repr_type" else k): val for k, val in variant.items()}
+        for name, variant in pcfg["variants"].items()
+    }
     tcm = resolve_config("tcm", **common, **v["tcm_quad"])
     for i, (c, s) in enumerate(zip(cls, tcm.scales, strict=True)):
         np.testing.assert_allclose(fce_score_map(c, tcm.alpha, tcm.beta), ref[f"fce_pp_score_l{i}"], rtol=0, atol=1e-6)
@@ -267,9 +278,10 @@ def test_fce_aux_loss(ref):
 
 def test_fce_net_forward_and_loader(ref, cfg):
     net = cfg["nets"]["fce"]
-    model = FCEDecoder(net["in_channels"], net["out_channels"], rngs=nnx.Rngs(0))
+    degree = cfg["fce"]["targets"]["fourier_degree"]
+    model = FCEDecoder(net["in_channels"], net["out_channels"], degree, rngs=nnx.Rngs(0))
     load_official_fcenet(model, str(FIXTURE / "fcenet_tiny.safetensors"))
-    feats = [jnp.asarray(nhwc(ref[f"fce_net_in_c{i}"])) for i in (3, 4, 5)]
+    feats = [jnp.asarray(nhwc(ref[f"fce_net_in_c{i + 3}"])) for i in range(len(net["in_channels"]))]
     graph, state = nnx.split(model)
 
     @jax.jit

@@ -18,11 +18,11 @@ IoU > ``nms_thr`` against it is dropped; repeat. IoU is shapely's, invalid (self
 ``buffer(0)`` first (``metrics.polygons`` policy ``buffer0``), and an empty union counts as IoU 1. About half the
 reconstructed contours self-intersect, so the repair matters; its result depends on the GEOS version.
 
-``text_repr_type='quad'`` is a no-op in the official code (the minAreaRect quads are computed, then discarded), so
-TCM's IC15 output is the 50-point polygons; that is the default here too, and ``true_quad=True`` turns the final
-(NMS-ed, rescaled) polygons into the intended ``cv2.boxPoints(cv2.minAreaRect(.))`` quads (truncated to integers).
-``FCE_PRESETS``: ``tcm`` (TCM's FCENet configs: quad, alpha 1.2, beta 1.0) and ``mmocr`` (``FCEPostprocessor``'s
-defaults: poly, alpha 1.0, beta 2.0).
+``text_repr='quad'`` (mmocr's ``text_repr_type``) is a no-op in the official code (the minAreaRect quads are
+computed, then discarded), so TCM's IC15 output is the 50-point polygons; that is the default here too, and
+``true_quad=True`` turns the final (NMS-ed, rescaled) polygons into the intended ``cv2.boxPoints(cv2.minAreaRect(.))``
+quads (truncated to integers). ``FCE_PRESETS``: ``tcm`` (TCM's FCENet configs: quad, alpha 1.2, beta 1.0) and
+``mmocr`` (``FCEPostprocessor``'s defaults: poly, alpha 1.0, beta 2.0).
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ from clip_text_spot.postprocess.db import TEXT_REPRS
 
 @dataclasses.dataclass(frozen=True)
 class FCEPostprocessConfig:
-    """FCE post-processing parameters (``FCE_PRESETS`` names the released settings)."""
+    """FCE post-processing parameters (``FCE_PRESETS`` names the released settings); ``text_repr`` is mmocr's
+    ``text_repr_type``, ``scales`` the strides of the levels."""
 
-    text_repr_type: str = "poly"
+    text_repr: str = "poly"
     alpha: float = 1.0
     beta: float = 2.0
     score_thr: float = 0.3
@@ -53,12 +54,12 @@ class FCEPostprocessConfig:
     true_quad: bool = False
 
     def __post_init__(self):
-        if self.text_repr_type not in TEXT_REPRS:
-            raise ValueError(f"text_repr_type must be one of {TEXT_REPRS}, got {self.text_repr_type!r}")
+        if self.text_repr not in TEXT_REPRS:
+            raise ValueError(f"text_repr must be one of {TEXT_REPRS}, got {self.text_repr!r}")
 
 
 FCE_PRESETS: dict[str, FCEPostprocessConfig] = {
-    "tcm": FCEPostprocessConfig(text_repr_type="quad", alpha=1.2, beta=1.0),
+    "tcm": FCEPostprocessConfig(text_repr="quad", alpha=1.2, beta=1.0),
     "mmocr": FCEPostprocessConfig(),
 }
 
@@ -184,6 +185,6 @@ def fce_postprocess(
     if scale is not None:
         factor = np.float32(1.0) / np.asarray(scale, np.float32)
         rows[:, :-1] = rows[:, :-1] * np.tile(factor, (rows.shape[1] - 1) // 2).astype(np.float64)
-    if config.text_repr_type == "quad" and config.true_quad and len(rows):
+    if config.text_repr == "quad" and config.true_quad and len(rows):
         rows = _to_quads(rows)
     return rows
