@@ -94,10 +94,10 @@ def fce_level_loss(
 
     x_gt, y_gt = fourier2poly(gt[..., 3 : 3 + k2], gt[..., 3 + k2 :], num_sample)
     x_pr, y_pr = fourier2poly(reg[..., :k2], reg[..., k2:], num_sample)
-    weight = ((tr + tcl) / 2 * p)[..., None]
-    count = n_p * num_sample
-    loss_x = _masked_mean(weight * smooth_l1(x_pr - x_gt), 1.0, count)
-    loss_y = _masked_mean(weight * smooth_l1(y_pr - y_gt), 1.0, count)
+    weight = ((tr + tcl) / 2 * p)[..., None]  # 0 outside P
+    count = jnp.maximum(n_p * num_sample, 1.0)
+    loss_x = jnp.sum(weight * smooth_l1(x_pr - x_gt)) / count
+    loss_y = jnp.sum(weight * smooth_l1(y_pr - y_gt)) / count
     zero = jnp.zeros((), jnp.float32)
     return jnp.stack([loss_text, *(jnp.where(has_p, t, zero) for t in (loss_center, loss_x, loss_y))])
 

@@ -127,7 +127,9 @@ def poly_nms(boundaries: np.ndarray, thr: float) -> np.ndarray:
     return rows[keep]
 
 
-def _contour_candidates(score: np.ndarray, inside: np.ndarray, reg: np.ndarray, scale: int, config) -> np.ndarray:
+def _contour_candidates(
+    score: np.ndarray, inside: np.ndarray, reg: np.ndarray, scale: int, config: FCEPostprocessConfig
+) -> np.ndarray:
     """Candidate rows [n, 2P + 1] of the pixels of one contour."""
     k = config.fourier_degree
     sel = score * inside > 0
