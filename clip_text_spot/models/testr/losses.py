@@ -139,7 +139,10 @@ def encoder_losses(
     if token_valid is not None:
         focal = focal * token_valid[..., None]
     boxes = _gather_rows(enc["pred_boxes"], match)
-    giou = generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(targets.boxes))
+    unit = jnp.array([0.5, 0.5, 1.0, 1.0], boxes.dtype)  # stands in for unmatched pairs: no 0/0 in any gradient
+    safe_pred = jnp.where(matched[..., None] > 0, boxes, unit)
+    safe_tgt = jnp.where(matched[..., None] > 0, targets.boxes, unit)
+    giou = generalized_box_iou(box_cxcywh_to_xyxy(safe_pred), box_cxcywh_to_xyxy(safe_tgt))
     return {
         "loss_ce_enc": focal.sum() / num_inst,
         "loss_bbox_enc": (jnp.abs(boxes - targets.boxes) * matched[..., None]).sum() / num_inst,

@@ -60,12 +60,6 @@ def box_cxcywh_to_xyxy(boxes: jax.Array) -> jax.Array:
     return jnp.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
 
 
-def box_xyxy_to_cxcywh(boxes: np.ndarray) -> np.ndarray:
-    """[..., 4] (x0, y0, x1, y1) -> (cx, cy, w, h) (NumPy or JAX arrays)."""
-    x0, y0, x1, y1 = (boxes[..., i] for i in range(4))
-    return np.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=-1)
-
-
 def generalized_box_iou(a: jax.Array, b: jax.Array) -> jax.Array:
     """GIoU of xyxy boxes broadcast against each other (``a[:, None]``, ``b[None]`` for the pairwise matrix)."""
     area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])

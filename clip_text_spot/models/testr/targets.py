@@ -26,7 +26,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from clip_text_spot.models.testr.matcher import box_xyxy_to_cxcywh
 from clip_text_spot.rectify import order_quad, paired_sides, polygon_sides
 
 CTLABELS = "".join(chr(c) for c in range(32, 127))  # TESTR's 95-character table (voc_size 96)
@@ -34,13 +33,19 @@ POLYGON_LAYOUTS = ("paired", "contour")
 
 
 class SpotTargets(NamedTuple):
-    """A batch of targets padded to ``N`` instances per image (a pytree of arrays)."""
+    """A batch of targets padded to ``N`` instances per image (a pytree of arrays), valid instances first."""
 
     ctrl_points: np.ndarray  # [B, N, P, 2] float32, normalised by the image's (w, h)
     boxes: np.ndarray  # [B, N, 4] float32 cxcywh, normalised
     texts: np.ndarray  # [B, N, T] int32, pad = voc_size
     labels: np.ndarray  # [B, N] int32 (0)
     valid: np.ndarray  # [B, N] bool
+
+
+def box_xyxy_to_cxcywh(boxes: np.ndarray) -> np.ndarray:
+    """[..., 4] (x0, y0, x1, y1) -> (cx, cy, w, h) ."""
+    x0, y0, x1, y1 = (boxes[..., i] for i in range(4))
+    return np.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=-1)
 
 
 def ctrl_points_from_polygon(polygon: np.ndarray, num_points: int = 16, layout: str = "paired") -> np.ndarray:
