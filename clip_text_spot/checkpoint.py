@@ -229,7 +229,13 @@ def read_step_arrays(step_dir: str | Path, keys: tuple[str, ...] = ("params",)) 
     """``state[keys...]`` of a trainer checkpoint as a nested dict of numpy arrays (``{}`` if stored empty)."""
     state_dir = Path(step_dir).absolute() / "state"
     ckptr = ocp.PyTreeCheckpointer()
-    node = ckptr.metadata(state_dir).item_metadata.tree
+    # The handler's metadata, not the checkpointer's: the latter also looks for step-level metadata, which lives one
+    # level up (beside ``meta``), and warns on every call that it is missing from ``state``.
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        node = handler.metadata(state_dir).tree
+    finally:
+        handler.close()
     for key in keys:
         if not isinstance(node, dict) or key not in node:
             if key == keys[-1] and isinstance(node, dict) and len(keys) == 1:

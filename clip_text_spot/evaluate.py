@@ -6,7 +6,11 @@
         [--lexicon-dir DIR] [--mode e2e|wordspotting]
 
 The last (only) line of stdout is one JSON object; a human-readable summary and progress go to stderr. Bad input
-exits with status 2 and a message naming the file and line. File formats: ``clip_text_spot.metrics.submission_io``
+exits with status 2 and a message naming the file and line. A file of a ground-truth or prediction set that cannot
+be assigned to an image (no image number in its name) is skipped: named on stderr and listed in the JSON's
+``skipped`` (``clip_text_spot.cli.Skips``); it is an error with ``--strict``, or when every file of a set was
+skipped. A malformed line is always an error, as in the official scripts (a partly read submission would score
+silently lower). File formats: ``clip_text_spot.metrics.submission_io``
 (det / e2e) and ``clip_text_spot.metrics.recognition.read_labels`` (rec).
 """
 
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clip_text_spot.cli import Skips
 from clip_text_spot.metrics.detection import (
     STRATEGIES,
     SWEEPS,
@@ -72,13 +77,20 @@ def _detect_format(gt: str, pred: str) -> str:
     return "curved"
 
 
-def _load_pair(args: argparse.Namespace, *, with_text: bool) -> tuple[str, AnnotationSet, AnnotationSet]:
+def _load_pair(args: argparse.Namespace, *, with_text: bool) -> tuple[str, AnnotationSet, AnnotationSet, list[str]]:
+    """Format, ground truth, predictions and the names of the files skipped in either (reported on stderr)."""
     fmt = args.protocol if args.protocol != "auto" else _detect_format(args.gt, args.pred)
     gt = load_annotations(args.gt, fmt=fmt, role="gt", with_text=with_text, strict=args.strict)
     pred = load_annotations(
         args.pred, fmt=fmt, role="det", with_text=with_text, strict=args.strict, coord_order=args.coord_order
     )
-    return fmt, gt, pred
+    skips = Skips(args.strict)
+    for what, found in (("ground-truth", gt), ("prediction", pred)):
+        for name in found.skipped_files:
+            skips.skip(name, "no image number in the file name")
+        if found.skipped_files:
+            skips.require(len(found.items), f"{what} file")
+    return fmt, gt, pred, skips.skipped
 
 
 def _write_json(path: str | None, payload: object) -> None:
@@ -87,8 +99,7 @@ def _write_json(path: str | None, payload: object) -> None:
 
 
 def _run_det(args: argparse.Namespace) -> dict:
-    fmt, gt, pred = _load_pair(args, with_text=False)
-    skipped = len(gt.skipped_files) + len(pred.skipped_files)
+    fmt, gt, pred, skipped = _load_pair(args, with_text=False)
     if args.method != "rrc":
         tt_method = args.method.removeprefix("totaltext-")
         summary = evaluate_totaltext(gt.items, pred.items, method=tt_method, tr=args.tr, tp=args.tp, strict=args.strict)
@@ -96,7 +107,7 @@ def _run_det(args: argparse.Namespace) -> dict:
             "det {} ({}): P {precision:.6f} R {recall:.6f} H {hmean:.6f}".format(fmt, args.method, **summary),
             file=sys.stderr,
         )
-        return {"task": "det", "protocol": fmt, "method": args.method, **summary, "skipped_files": skipped}
+        return {"task": "det", "protocol": fmt, "method": args.method, **summary, "skipped": skipped}
     protocol = protocol_for(fmt, args.variant)
     result = evaluate_detection(
         gt.items,
@@ -125,7 +136,7 @@ def _run_det(args: argparse.Namespace) -> dict:
         "variant": args.variant,
         "strategy": args.strategy,
         **summary,
-        "skipped_files": skipped,
+        "skipped": skipped,
     }
 
 
@@ -145,7 +156,7 @@ def _run_rec(args: argparse.Namespace) -> dict:
 
 
 def _run_e2e(args: argparse.Namespace) -> dict:
-    fmt, gt, pred = _load_pair(args, with_text=True)
+    fmt, gt, pred, skipped = _load_pair(args, with_text=True)
     dets = pred.items
     if args.score_thr is not None:
         for det in dets.values():
@@ -188,7 +199,7 @@ def _run_e2e(args: argparse.Namespace) -> dict:
         "lexicon_policy": args.lexicon_policy if args.lexicon != "none" else None,
         **summary,
         "dropped_by_lexicon": dropped,
-        "skipped_files": len(gt.skipped_files) + len(pred.skipped_files),
+        "skipped": skipped,
     }
 
 

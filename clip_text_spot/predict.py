@@ -1,12 +1,15 @@
 """Detect text in images with a trained FastTCM / TCM detector.
 
     python -m clip_text_spot.predict --workdir=runs/fasttcm_demo IMAGE_OR_DIR [...] [--output=DIR] [--best]
-        [--eval_size=1024,1824] [--submission=res.zip]
+        [--eval_size=1024,1824] [--submission=res.zip] [--strict]
 
 Writes ``OUTPUT/<image name>.json`` (``{"image", "width", "height", "instances": [{"polygon": [[x, y], ...],
 "score": s}]}``) and ``OUTPUT/<image name>.png`` (predictions drawn in green), and prints one JSON summary line.
 ``--submission`` also writes an ICDAR2015 submission (zip or folder; ``res_img_N.txt`` named by the number in each
 image name). The model, its input size and post-processing come from the checkpoint's config unless overridden.
+An image that cannot be read (empty, truncated, not an image) is named on stderr, listed in the summary's
+``skipped`` and left out; the exit status is non-zero only when no image could be read, or with ``--strict`` (which
+stops at the first unreadable image before predicting anything).
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ _OUTPUT = flags.DEFINE_string("output", "predictions", "Directory for JSON and P
 _EVAL_SIZE = flags.DEFINE_list("eval_size", None, "H,W box images are resized into (default: the config's).")
 _SUBMISSION = flags.DEFINE_string("submission", None, "Also write an ICDAR2015 submission (.zip or folder).")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Images per forward pass.")
+_STRICT = flags.DEFINE_bool("strict", False, "Stop at the first unreadable image instead of skipping it.")
 
 
 def main(argv: list[str]) -> None:
     from clip_text_spot import logs, vis
+    from clip_text_spot.cli import Skips
     from clip_text_spot.data.pipeline import decode_image, make_det_eval_batches
-    from clip_text_spot.data.readers.common import list_images
+    from clip_text_spot.data.readers.common import list_images, read_input_image
     from clip_text_spot.data.types import DetSample
     from clip_text_spot.metrics.submission_io import sample_key, write_submission
     from clip_text_spot.models.inference import overlapped
@@ -42,25 +47,23 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value or _CHECKPOINT.value
     if not workdir:
         raise app.UsageError("--workdir (or --checkpoint) is required")
+    if not argv[1:]:
+        raise app.UsageError("give at least one image or directory")
+    skips = Skips(_STRICT.value)
     try:
-        paths = list_images(argv[1:])
-        if not paths:
-            raise app.UsageError("give at least one image or directory")
+        samples = []
+        for p in list_images(argv[1:]):
+            data = skips.read(p, lambda p=p: read_input_image(p))
+            if data is not None:
+                samples.append(DetSample(image=data, polygons=[], texts=[], ignore=[], name=p))
+        skips.require(len(samples), "image")
         config, task, model, step = restore_model(workdir, best=_BEST.value)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     if config.task != "fasttcm":
         sys.exit(f"error: {workdir} holds a {config.task!r} model; predict runs detectors (fasttcm)")
     eval_size = tuple(int(v) for v in _EVAL_SIZE.value) if _EVAL_SIZE.value else tuple(config.data.eval_size)
-    samples = []
-    for p in paths:
-        with open(p, "rb") as f:
-            data = f.read()
-        try:
-            decode_image(data)
-        except Exception as e:  # noqa: BLE001 - report which file is unreadable
-            sys.exit(f"error: {p}: not a readable image ({e})")
-        samples.append(DetSample(image=data, polygons=[], texts=[], ignore=[], name=p))
+    paths = [s.name for s in samples]
     predict = task.predict_fn(model)
     batches = make_det_eval_batches(samples, batch_size=_BATCH.value, eval_size=eval_size, with_targets=False)
     os.makedirs(_OUTPUT.value, exist_ok=True)
@@ -96,6 +99,7 @@ def main(argv: list[str]) -> None:
     seconds = time.perf_counter() - t0
     summary = {"images": len(paths), "instances": n_instances, "checkpoint_step": step, "seconds": round(seconds, 2)}
     summary["output"] = _OUTPUT.value
+    summary["skipped"] = skips.skipped
     logging.info("%s", summary)
     print(json.dumps(summary))
 

@@ -1,7 +1,7 @@
 """Read word crops with a fine-tuned DPTR recogniser.
 
     python -m clip_text_spot.predict_rec --workdir=DIR | --checkpoint=DIR [IMAGE_OR_DIR ...] [--lmdb=DIR]
-        [--labels=FILE] [--output=FILE] [--best] [--batch_size=64] [--convention=parseq]
+        [--labels=FILE] [--output=FILE] [--best] [--batch_size=64] [--convention=parseq] [--strict]
 
 ``--workdir``: a training workdir (its latest checkpoint, or the best one with ``--best``; for a multi-stage demo
 workdir, its ``finetune`` stage); ``--checkpoint``: a workdir or one step directory (``WORKDIR/ckpt/<step>``).
@@ -11,12 +11,15 @@ an LMDB (``--lmdb``; names ``image-%09d``, its labels are used) and/or a labels 
 lists are read from its folder). Each prediction is printed as ``name<TAB>text``; ``--output`` writes the same TSV,
 ready for ``python -m clip_text_spot.evaluate rec --gt LABELS --pred FILE``. When labels are known, word accuracy
 and 1-NED are computed (``clip_text_spot.metrics.recognition``, PARSeq convention by default). The last stdout line
-is a JSON summary.
+is a JSON summary. A crop that cannot be read (an empty, truncated or non-image file, a bad LMDB record or labels
+line) is named on stderr, listed in the summary's ``skipped`` and left out, also from the accuracy; the exit status
+is non-zero only when no crop could be read, or with ``--strict`` (stops at the first unreadable crop).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -27,8 +30,8 @@ import numpy as np
 from clip_text_spot.data.readers.common import IMAGE_SUFFIXES
 
 
-def collect_images(args: list[str]) -> list[tuple[str, bytes]]:
-    """(name, encoded bytes) of the image files named by ``args`` (files, or folders searched recursively)."""
+def collect_images(args: list[str]) -> list[tuple[str, Path]]:
+    """(name, path) of the image files named by ``args`` (files, or folders searched recursively)."""
     out = []
     for arg in args:
         path = Path(arg)
@@ -36,9 +39,9 @@ def collect_images(args: list[str]) -> list[tuple[str, bytes]]:
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
                 raise FileNotFoundError(f"{arg}: no images ({', '.join(IMAGE_SUFFIXES)})")
-            out += [(p.relative_to(path).as_posix(), p.read_bytes()) for p in files]
+            out += [(p.relative_to(path).as_posix(), p) for p in files]
         elif path.is_file():
-            out.append((path.name, path.read_bytes()))
+            out.append((path.name, path))
         else:
             raise FileNotFoundError(f"{arg}: no such file or directory")
     return out
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="write predictions here as name<TAB>text lines")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--convention", default="parseq", help="metric convention (clip_text_spot.evaluate rec)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first unreadable crop, not skip it")
     args = parser.parse_args(argv)
     if bool(args.workdir) == bool(args.checkpoint):
         parser.error("give exactly one of --workdir and --checkpoint")
@@ -69,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from clip_text_spot import checkpoint
+    from clip_text_spot.cli import Skips
     from clip_text_spot.data.readers import read_crop_folder, read_lmdb
+    from clip_text_spot.data.readers.common import read_input_image
     from clip_text_spot.dptr.predict import crop_pixels, predict_texts, score
     from clip_text_spot.metrics.recognition import read_labels
     from clip_text_spot.models.dptr.recognizer import DptrRecognizer
@@ -88,37 +94,45 @@ def _run(args: argparse.Namespace) -> int:
 
     _, task, model, _ = restore_model(str(step_dir), build_task=finetune_task)
 
-    items = collect_images(args.inputs)
-    labels: dict[str, str] = {}
-    if args.lmdb:
-        for sample in read_lmdb(args.lmdb):
-            items.append((sample.name, sample.image))
-            labels[sample.name] = sample.label
+    skips, size = Skips(args.strict), task.encoder_cfg.image_size
+    names, pixels, labels = [], [], {}
+    for name, file in collect_images(args.inputs):
+        crop = skips.read(str(file), lambda file=file: crop_pixels(read_input_image(file), size))
+        if crop is not None:
+            names.append(name)
+            pixels.append(crop)
+    readers = [(read_lmdb(args.lmdb), True)] if args.lmdb else []
+    if args.labels and not args.inputs:
+        readers.append((read_crop_folder(args.labels), False))
+    for samples, labelled in readers:
+        for i in range(len(samples)):  # by index: a bad record raises an error naming it, and is skipped alone
+            sample = skips.read(None, functools.partial(samples.__getitem__, i))
+            if sample is None:
+                continue
+            crop = skips.read(sample.name, lambda s=sample: crop_pixels(s.image, size))
+            if crop is not None:
+                names.append(sample.name)
+                pixels.append(crop)
+                if labelled:
+                    labels[sample.name] = sample.label
+    skips.require(len(names), "crop")
     if args.labels:
-        if not args.inputs:
-            items += [(s.name, s.image) for s in read_crop_folder(args.labels)]
         listed = read_labels(args.labels)
         by_base = {Path(k).name: v for k, v in listed.items()}  # bare image files match by base name
-        for name, _ in items:
+        for name in names:
             if name in listed or Path(name).name in by_base:
                 labels[name] = listed.get(name, by_base.get(Path(name).name))
 
-    names = [name for name, _ in items]
     if len(set(names)) != len(names):
         raise ValueError("two inputs have the same name; pass them separately or give distinct folders")
-    pixels = []
-    for name, data in items:
-        try:
-            pixels.append(crop_pixels(data, task.encoder_cfg.image_size))
-        except ValueError as err:
-            raise ValueError(f"{name}: {err}") from None
     pixels = np.stack(pixels)
     texts = predict_texts(inference_fn(DptrRecognizer.predict, model), pixels, task.charset, args.batch_size)
     lines = [f"{name}\t{text}" for name, text in zip(names, texts, strict=True)]
     print("\n".join(lines))
     if args.output:
         Path(args.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    summary = {"images": len(items), "checkpoint": str(step_dir), "seconds": round(time.perf_counter() - start, 2)}
+    summary = {"images": len(names), "checkpoint": str(step_dir), "seconds": round(time.perf_counter() - start, 2)}
+    summary["skipped"] = skips.skipped
     scored = {name: labels[name] for name in names if name in labels}
     if scored:
         result = score(scored, dict(zip(names, texts, strict=True)), args.convention)

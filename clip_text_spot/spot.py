@@ -2,7 +2,7 @@
 
     python -m clip_text_spot.spot --detector=DIR --recognizer=DIR IMAGE_OR_DIR [...] [--output=DIR] [--best]
         [--batch_size=4] [--eval_size=1024,1824] [--min_score=0.3] [--submission=e2e.zip]
-        [--lexicon=strong|weak|generic|full --lexicon_dir=DIR | --lexicon_words=FILE [--lexicon_pairs=FILE]]
+        [--lexicon=strong|weak|generic|full --lexicon_dir=DIR | --lexicon_words=FILE [--lexicon_pairs=FILE]] [--strict]
 
 ``--detector``: a FastTCM training workdir or checkpoint (a spotting-demo workdir's ``detector`` stage is found);
 ``--recognizer``: a DPTR fine-tuning workdir or checkpoint (its ``finetune`` stage). Writes
@@ -12,6 +12,8 @@ summary line with images/s and the share of time in each stage. ``--submission``
 submission (zip or folder; ``res_img_N.txt`` named by the number in each image name, ``x1,y1,...,y4,text`` lines
 for ``icdar2015``, ``x1,y1,...,####text`` for ``curved``) that ``python -m clip_text_spot.evaluate e2e`` scores.
 With ``--lexicon`` words are corrected (or dropped) by the lexicon first (``metrics.spotting.LexiconMatcher``).
+An image that cannot be read is named on stderr, listed in the summary's ``skipped`` and left out; the exit status is
+non-zero only when no image could be read, or with ``--strict`` (stops at the first unreadable image).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lexicon_words", help="lexicon word list (instead of --lexicon_dir)")
     p.add_argument("--lexicon_pairs", help="pair list for --lexicon_words ('UPPER original' lines)")
     p.add_argument("--lexicon_policy", choices=LEXICON_POLICIES, default="deepsolo")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
     return p
 
 
@@ -68,21 +71,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from clip_text_spot import logs, vis
+    from clip_text_spot.cli import Skips
     from clip_text_spot.data.pipeline import decode_image
-    from clip_text_spot.data.readers.common import list_images
+    from clip_text_spot.data.readers.common import list_images, read_input_image
     from clip_text_spot.metrics.spotting import LexiconMatcher, lexicon_provider
     from clip_text_spot.metrics.submission_io import sample_key, write_submission
     from clip_text_spot.spotter import STAGES, SpotOptions, Spotter, correct_words, draw_words
 
     logs.quiet_libraries()
-    paths = list_images(args.inputs)
-    images = []
-    for path in paths:
-        with open(path, "rb") as f:
-            try:
-                images.append(decode_image(f.read()))
-            except ValueError as err:
-                raise ValueError(f"{path}: not a readable image ({err})") from None
+    skips = Skips(args.strict)
+    paths, images = [], []
+    for path in list_images(args.inputs):
+        image = skips.read(path, lambda path=path: decode_image(read_input_image(path)))
+        if image is not None:
+            paths.append(path)
+            images.append(image)
+    skips.require(len(images), "image")
     keys = [sample_key(p) for p in paths]
     if args.submission:
         if None in keys:
@@ -126,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
         "images": len(paths), "words": n_words, "seconds": round(seconds, 2),
         "images_per_s": round(len(paths) / max(seconds, 1e-9), 3),
         "stage_share": {k: round(spotter.timings[k] / total, 3) if total else 0.0 for k in STAGES},
-        "output": args.output,
+        "output": args.output, "skipped": skips.skipped,
     }  # fmt: skip
     if args.submission:
         summary["submission"] = args.submission

@@ -36,7 +36,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import scipy.io
 import shapely
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from clip_text_spot.data.types import DetSample
 
@@ -69,6 +69,7 @@ class DataFormatError(ValueError):
             where = f"{self.path} [{key}]"
         else:
             where = self.path
+        self.where = where
         super().__init__(f"{where}: {message}")
 
 
@@ -391,6 +392,9 @@ def check_image_bytes(
             image.save(buffer, format="PNG")
             data = buffer.getvalue()
             stats.add("transcoded_to_png")
+    except UnidentifiedImageError:
+        what = "an empty file" if not data else "not an image format Pillow reads"
+        raise ImageError(path, f"corrupt or unsupported image ({what})", key=key) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageError(path, f"corrupt or unsupported image ({type(err).__name__}: {err})", key=key) from None
     return data, size
@@ -403,6 +407,16 @@ def load_image(path: str | Path, check: str, stats: ReaderStats) -> tuple[bytes,
     except OSError as err:
         raise ImageError(path, f"cannot read image ({err.strerror or err})") from None
     return check_image_bytes(data, path, check, stats)
+
+
+def read_input_image(source: str | Path | bytes, name: str | None = None) -> bytes:
+    """Encoded bytes of one input image (a file, or bytes named ``name``), checked as ``image_check="verify"``: an
+    empty, truncated or non-image file raises :class:`ImageError` naming it; formats other than JPEG and PNG come
+    back re-encoded as PNG (so OpenCV decodes them too)."""
+    stats = ReaderStats(name or str(source))
+    if isinstance(source, bytes):
+        return check_image_bytes(source, name or "image", "verify", stats)[0]
+    return load_image(source, "verify", stats)[0]
 
 
 def index_images(image_dir: Path, key: Callable[[str], str] = lambda stem: stem) -> dict[str, Path]:
