@@ -368,15 +368,24 @@ def score_map_aux_loss(
     broadcasts [B, 1, H, W] losses against [B, H, W] masks and so pairs every image with every target; not
     reproduced.)
     """
-    b, h, w, k = score_map.shape
-    if k != 1:
-        raise ValueError(f"score_map_aux_loss supports one prompt (K = 1), got a score map with K = {k}")
-    out_hw = (h * downsample_ratio, w * downsample_ratio)
-    if tuple(gt_shrink.shape) != (b, *out_hw) or tuple(gt_shrink_mask.shape) != (b, *out_hw):
-        raise ValueError(
-            f"targets must be [B, H, W] = {(b, *out_hw)} for a {score_map.shape} score map, got "
-            f"{tuple(gt_shrink.shape)} and {tuple(gt_shrink_mask.shape)}"
-        )
-    logits = resize_grid(jnp.asarray(score_map, jnp.float32) / tau, out_hw, "bilinear")[..., 0]
+    logits = score_map_logits(score_map, (gt_shrink, gt_shrink_mask), tau, downsample_ratio)
     gt = (jnp.asarray(gt_shrink) > 0).astype(jnp.float32)
     return balanced_bce(logits, gt, gt_shrink_mask, negative_ratio, eps, from_logits=True)
+
+
+def score_map_logits(
+    score_map: jax.Array, targets: Sequence[jax.Array], tau: float, downsample_ratio: int
+) -> jax.Array:
+    """TCM's identity-head logits: ``score_map`` [B, h, w, 1] / ``tau`` resized bilinearly (PyTorch,
+    align_corners=False, no antialiasing) to [B, h * ratio, w * ratio], after checking that every target has that
+    shape."""
+    b, h, w, k = score_map.shape
+    if k != 1:
+        raise ValueError(f"the score-map aux loss supports one prompt (K = 1), got a score map with K = {k}")
+    out_hw = (h * downsample_ratio, w * downsample_ratio)
+    if any(tuple(t.shape) != (b, *out_hw) for t in targets):
+        raise ValueError(
+            f"targets must be [B, H, W] = {(b, *out_hw)} for a {score_map.shape} score map, got "
+            f"{[tuple(t.shape) for t in targets]}"
+        )
+    return resize_grid(jnp.asarray(score_map, jnp.float32) / tau, out_hw, "bilinear")[..., 0]

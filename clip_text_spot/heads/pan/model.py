@@ -41,6 +41,7 @@ from clip_text_spot.models.resize import resize_grid
 
 LEVELS = ("c2", "c3", "c4", "c5")
 PAN_OUT_CHANNELS = 6
+XAVIER_UNIFORM = nnx.initializers.xavier_uniform()  # mmocr's neck init (gain 1)
 
 
 class TorchBatchNorm(nnx.BatchNorm):
@@ -54,16 +55,16 @@ class TorchBatchNorm(nnx.BatchNorm):
         """[..., C] -> [..., C]; in train mode also updates ``mean`` / ``var`` in place."""
         xf = x.astype(jnp.float32)
         if self.use_running_average:
-            mean, var = self.mean.value, self.var.value
+            mean, var = self.mean[...], self.var[...]
         else:
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(xf, axis=axes)
             var = jnp.mean(jnp.square(xf - mean), axis=axes)
             n = x.size // x.shape[-1]
             m = self.momentum
-            self.mean.value = m * self.mean.value + (1.0 - m) * mean
-            self.var.value = m * self.var.value + (1.0 - m) * var * (n / max(n - 1, 1))
-        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale.value + self.bias.value
+            self.mean[...] = m * self.mean[...] + (1.0 - m) * mean
+            self.var[...] = m * self.var[...] + (1.0 - m) * var * (n / max(n - 1, 1))
+        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
         return y.astype(x.dtype)
 
 
@@ -80,7 +81,7 @@ def _conv(
     dtype: Dtype,
     stride: int = 1,
     groups: int = 1,
-    init: nnx.Initializer = nnx.initializers.xavier_uniform(),
+    init: nnx.Initializer = XAVIER_UNIFORM,
 ) -> nnx.Conv:
     """PyTorch ``Conv2d(cin, cout, k, stride, padding=k // 2, groups, bias=True)`` (symmetric padding)."""
     pad = k // 2
@@ -221,9 +222,7 @@ def load_official_pan(source: str | Mapping[str, np.ndarray], dtype: Dtype = Non
     repeats = {int(k.split(".")[2]) for k in sd if k.startswith("neck.fpems.")}
     if repeats != set(range(len(repeats))) or not repeats:
         raise CheckpointMismatchError(f"PANet checkpoint has FPEM indices {sorted(repeats)}, expected 0..N-1")
-    model = PANDecoder(
-        [s[1] for s in in_channels], conv_out, len(repeats), rngs=nnx.Rngs(0), dtype=dtype
-    )
+    model = PANDecoder([s[1] for s in in_channels], conv_out, len(repeats), rngs=nnx.Rngs(0), dtype=dtype)
     source_name = source if isinstance(source, str) else "PANet state dict"
     assign_flat(model, official_dbnet_to_flat(sd), f"{source_name} (neck.* / bbox_head.*)")
     model.eval()

@@ -44,7 +44,7 @@ PAN_TARGET_PRESETS: dict[str, PANTargetConfig] = {
 def instance_kernel(
     polygons: Sequence[np.ndarray], shape: tuple[int, int], shrink_ratio: float, max_shrink: int = 20
 ) -> np.ndarray:
-    """float32 [H, W] map of instance ids 1..n: polygon i offset inwards (mmocr ``generate_kernels``) filled with i + 1."""
+    """float32 [H, W] instance ids: polygon i offset inwards (mmocr ``generate_kernels``) and filled with i + 1."""
     kernel = np.zeros(shape, np.float32)
     for i, poly in enumerate(polygons):
         _, paths = shrink_offset(np.asarray(poly, np.float32).reshape(-1, 2), shrink_ratio, max_shrink)
