@@ -12,7 +12,7 @@ import pytest
 
 from clip_text_spot.models.testr.losses import LossConfig, criterion_loss, match_all, set_criterion
 from clip_text_spot.models.testr.matcher import assign_on_host, assignment_pairs, hungarian_assign
-from clip_text_spot.models.testr.postprocess import postprocess_words
+from clip_text_spot.models.testr.postprocess import decode_text, postprocess_words
 from clip_text_spot.models.testr.targets import (
     batch_targets,
     ctrl_points_from_polygon,
@@ -163,9 +163,7 @@ def test_targets_from_polygons_and_transcriptions(fx):
     eff = fx["cfg"]["effective"]
     for b, hw in enumerate(ref["in_image_sizes"]):
         codes = ref[f"tgt_b{b}_texts"]
-        words = [
-            "".join(charset[c] if c < len(charset) else "\u53e3" for c in row if c < eff["pad_class"]) for row in codes
-        ]
+        words = [decode_text(row, charset) for row in codes]  # transcriptions; encoding them must give `codes`
         polygons = list(ref[f"tgt_b{b}_polygons_abs"].reshape(len(codes), eff["num_ctrl_points"], 2))
         got = image_targets(
             polygons + [np.array([[0, 0], [9, 0], [9, 5], [0, 5]], np.float32)],  # a don't-care word, dropped
