@@ -91,7 +91,7 @@ class GroupNorm(nnx.Module):
             mean = (xg * valid).sum(axis=(1, 3), keepdims=True) / count
             var = (jnp.square(xg - mean) * valid).sum(axis=(1, 3), keepdims=True) / count
         y = ((xg - mean) / jnp.sqrt(var + self.eps)).reshape(b, h, w, c)
-        return (y * self.scale.value + self.bias.value).astype(self.dtype or x.dtype)
+        return (y * self.scale[...] + self.bias[...]).astype(self.dtype or x.dtype)
 
 
 class InputProjection(nnx.Module):
@@ -212,11 +212,11 @@ class TESTR(nnx.Module):
         )
         self.ctrl_point_coord = MLP(d, d, 2, 3, rngs=rngs, dtype=dtype)
         last = self.ctrl_point_coord.layers[-1]
-        last.kernel.value = jnp.zeros_like(last.kernel.value)
-        last.bias.value = jnp.zeros_like(last.bias.value)
+        last.kernel[...] = jnp.zeros(last.kernel.shape, last.kernel.dtype)
+        last.bias[...] = jnp.zeros(last.bias.shape, last.bias.dtype)
         self.bbox_coord = MLP(d, d, 4, 3, rngs=rngs, dtype=dtype)
         last = self.bbox_coord.layers[-1]
-        last.bias.value = last.bias.value.at[2:].set(0.0)
+        last.bias[...] = last.bias[...].at[2:].set(0.0)
         self.bbox_class = linear(
             d, 1, ("embed", None), rngs=rngs, dtype=dtype, kernel_init=torch_kernel, bias_init=prior
         )
@@ -289,8 +289,8 @@ class TESTR(nnx.Module):
             srcs,
             masks,
             pos,
-            self.ctrl_point_embed.value,
-            self.text_embed.value,
+            self.ctrl_point_embed[...],
+            self.text_embed[...],
             text_pos,
             self.bbox_class,
             self.bbox_coord,

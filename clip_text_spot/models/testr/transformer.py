@@ -66,7 +66,7 @@ def _attention(dim: int, heads: int, rngs: nnx.Rngs, dtype: Dtype) -> Attention:
     attn = Attention(dim, heads, rngs=rngs, dtype=dtype)
     for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
         init = XAVIER if proj is attn.out_proj else PACKED_XAVIER
-        proj.kernel.value = init(rngs.params(), proj.kernel.value.shape, proj.kernel.value.dtype)
+        proj.kernel[...] = init(rngs.params(), proj.kernel.shape, proj.kernel.dtype)
     return attn
 
 
@@ -269,7 +269,7 @@ class DeformableTransformer(nnx.Module):
         shapes: Shapes = tuple((int(s.shape[1]), int(s.shape[2])) for s in srcs)
         src_flat = jnp.concatenate([s.reshape(b, -1, self.dim) for s in srcs], 1)
         mask_flat = jnp.concatenate([m.reshape(b, -1) for m in masks], 1)
-        level_embed = self.level_embed.value.astype(pos[0].dtype)
+        level_embed = self.level_embed[...].astype(pos[0].dtype)
         pos_flat = jnp.concatenate([p.reshape(b, -1, self.dim) + level_embed[i] for i, p in enumerate(pos)], 1)
         ratios = valid_ratios(masks)
         refs = encoder_reference_points(shapes, ratios)
