@@ -22,9 +22,10 @@ separate field (``distance_threshold``) with the same default. The growth runs l
 processes all pixels of one BFS depth before the next, so resolving each level's candidates by (queue position,
 neighbour order) and queueing the winners in that order reproduces the sequential op exactly, with NumPy vector
 operations per level instead of a Python loop per pixel: 7 ms against 139 ms for a per-pixel ``deque`` loop on a
-184 x 328 map (a 1312 x 736 input) on one x86 core, with identical labels there and on 40 random maps. A JAX version
-would only move this step (the kernel labelling and contours stay in OpenCV) and needs a sort per level, so the
-growth stays on the host.
+184 x 328 map (a 1312 x 736 input) on one x86 core, with identical labels there and on 40 random maps. No JAX
+version: it would move only this step (the kernel labelling and contours stay in OpenCV), needs a sort per level, and
+could not be bit-exact (XLA's segment sums need not add in row-major order, and the op's double-precision squares
+are unavailable on accelerators without x64), so contested pixels could change owner.
 OpenCV 5 is pinned: ``minAreaRect`` / ``boxPoints`` start at another corner under OpenCV 4.
 """
 
