@@ -1,5 +1,7 @@
 """DPTR decoders and fine-tuning modules on random weights: AR decoding (dptr.md §10 item 6), FMU (item 7)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ from flax import nnx
 
 from clip_text_spot.data.rec_labels import Charset
 from clip_text_spot.models.dptr.config import DecoderConfig, EncoderConfig
+from clip_text_spot.models.dptr.parseq import causal_mask, cloze_mask
 from clip_text_spot.models.dptr.recognizer import DptrRecognizer, FeatureMergeUnit, RecViT, build_decoder
 
 CHARSET = Charset(max_len=6)  # 7 decoding steps keep the step-by-step reference quick
@@ -61,7 +64,10 @@ def _incremental_parseq(decoder, memory, refine):
         tgt_in = np.concatenate([np.full((b, 1), CHARSET.BOS), logits[:, :-1].argmax(-1)], axis=1)
         padded = np.cumsum(tgt_in == CHARSET.EOS, axis=-1) > 0
         keep = ~padded[:, None, None, :]
-        logits = np.asarray(_logits(decoder, jnp.asarray(tgt_in), kv, ~masked & keep, ~query_masked & keep))
+        # the official content and query masks are one tensor: the cloze edit reaches the content stream too
+        # (tests/data/parseq_tiny/README.md; this reference used the causal content mask before the official
+        # fixtures showed otherwise)
+        logits = np.asarray(_logits(decoder, jnp.asarray(tgt_in), kv, ~query_masked & keep, ~query_masked & keep))
     return logits
 
 
@@ -79,6 +85,23 @@ def test_parseq_fixed_length_decode_equals_incremental_decode(refine):
 def test_refinement_changes_the_logits():
     decoder, memory = _decoder("parseq"), _memory()
     assert not np.allclose(decoder.predict(memory, refine_iters=0), decoder.predict(memory, refine_iters=1))
+
+
+def test_causal_refinement_content_mask_is_an_option():
+    decoder, memory = _decoder("parseq"), _memory()  # depth 2: the content stream feeds the last layer
+    causal = build_decoder(dataclasses.replace(decoder.cfg, refine_content_mask="causal"), CHARSET, rngs=nnx.Rngs(0))
+    nnx.update(causal, nnx.state(decoder))
+    causal.eval()
+    kv = decoder.memory_kv(memory)
+    first = decoder.initial_logits(kv, True)
+    official, intended = decoder.refine(kv, first), causal.refine(kv, first)
+    assert not np.allclose(official, intended, atol=1e-3)
+    bos = jnp.full((3, 1), CHARSET.BOS, jnp.int32)
+    context = jnp.concatenate([bos, jnp.argmax(first[:, :-1], -1).astype(jnp.int32)], axis=1)
+    padding = jnp.cumsum(context == CHARSET.EOS, axis=-1) > 0
+    keep = ~padding[:, None, None, :]
+    cloze = cloze_mask(STEPS) & keep
+    np.testing.assert_allclose(intended, decoder.logits(context, kv, causal_mask(STEPS) & keep, cloze), atol=1e-5)
 
 
 def test_nrtr_fixed_length_decode_equals_incremental_decode():

@@ -33,7 +33,13 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from clip_text_spot.data.rec_labels import EN_CHARSET, Charset
-from clip_text_spot.models.clip.convert import PICKLE_SUFFIXES, CheckpointMismatchError, _materialize, assign_flat
+from clip_text_spot.models.clip.convert import (
+    PICKLE_SUFFIXES,
+    CheckpointMismatchError,
+    _materialize,
+    assign_flat,
+    model_flat_state,
+)
 from clip_text_spot.models.dptr.config import DecoderConfig, EncoderConfig
 from clip_text_spot.models.dptr.pretrain import DptrPretrainModel
 from clip_text_spot.models.dptr.recognizer import DptrRecognizer
@@ -105,12 +111,14 @@ VIT_IGNORED = ("out_channels", "drop_rate", "attn_drop_rate", "drop_path_rate", 
 
 
 class StateDict:
-    """An official state dict being mapped: every read tensor is marked used, so leftovers can be named."""
+    """An official state dict being mapped: every read tensor is marked used, so leftovers can be named, and
+    ``origin`` maps our names to the official ones they came from, so mis-shaped tensors can be."""
 
     def __init__(self, tensors: Mapping[str, np.ndarray], source: str):
         self.tensors = dict(tensors)
         self.source = source
         self.used: set[str] = set()
+        self.origin: dict[str, str] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors
@@ -120,9 +128,11 @@ class StateDict:
             raise CheckpointMismatchError(f"{self.source}: missing tensor {name!r}")
         return tuple(self.tensors[name].shape)
 
-    def take(self, name: str) -> np.ndarray:
+    def take(self, name: str, *ours: str) -> np.ndarray:
+        """The float32 tensor ``name``, which becomes our tensor(s) ``ours``."""
         self.shape(name)
         self.used.add(name)
+        self.origin.update(dict.fromkeys(ours, name))
         return np.asarray(self.tensors[name], np.float32)
 
     def count(self, prefix: str) -> int:
@@ -182,20 +192,28 @@ def _ratio(sd: StateDict, hidden: str, width: int, given: Mapping[str, Any], key
 # name mapping (official names -> our flat ``/`` names)
 
 
+def _copy(sd: StateDict, src: str, dst: str) -> Flat:
+    return {dst: sd.take(src, dst)}
+
+
 def _linear(sd: StateDict, src: str, dst: str) -> Flat:
-    return {f"{dst}/kernel": sd.take(f"{src}.weight").T, f"{dst}/bias": sd.take(f"{src}.bias")}
+    kernel, bias = f"{dst}/kernel", f"{dst}/bias"
+    return {kernel: sd.take(f"{src}.weight", kernel).T, bias: sd.take(f"{src}.bias", bias)}
 
 
 def _norm(sd: StateDict, src: str, dst: str) -> Flat:
-    return {f"{dst}/scale": sd.take(f"{src}.weight"), f"{dst}/bias": sd.take(f"{src}.bias")}
+    return {f"{dst}/scale": sd.take(f"{src}.weight", f"{dst}/scale"), **_copy(sd, f"{src}.bias", f"{dst}/bias")}
 
 
 def _packed_attention(sd: StateDict, weight: str, bias: str, out: str, dst: str) -> Flat:
     """A packed [3d, d] q/k/v projection (torch ``in_proj_*``, timm ``qkv``) and its output projection."""
     flat = _linear(sd, out, f"{dst}/out_proj")
-    weights, biases = np.split(sd.take(weight), 3), np.split(sd.take(bias), 3)
-    for name, w, b in zip(("q_proj", "k_proj", "v_proj"), weights, biases, strict=True):
-        flat[f"{dst}/{name}/kernel"], flat[f"{dst}/{name}/bias"] = w.T, b
+    names = ("q_proj", "k_proj", "v_proj")
+    for src, leaf in ((weight, "kernel"), (bias, "bias")):
+        if sd.shape(src)[0] % 3:
+            raise CheckpointMismatchError(f"{sd.source}: {src} {sd.shape(src)} does not split into q, k and v")
+        parts = np.split(sd.take(src, *(f"{dst}/{n}/{leaf}" for n in names)), 3)
+        flat |= {f"{dst}/{n}/{leaf}": p.T for n, p in zip(names, parts, strict=True)}
     return flat
 
 
@@ -206,9 +224,11 @@ def _torch_mha(sd: StateDict, src: str, dst: str) -> Flat:
 def _vit(sd: StateDict, src: str, depth: int) -> Flat:
     """timm / OpenOCR ViT (``patch_embed.proj``, ``pos_embed``, ``blocks.N``, ``norm``) -> our ``RecViT``."""
     flat = {
-        "encoder/patch_embed/kernel": sd.take(f"{src}patch_embed.proj.weight").transpose(2, 3, 1, 0),
-        "encoder/patch_embed/bias": sd.take(f"{src}patch_embed.proj.bias"),
-        "encoder/pos_embed": sd.take(f"{src}pos_embed"),
+        "encoder/patch_embed/kernel": sd.take(f"{src}patch_embed.proj.weight", "encoder/patch_embed/kernel").transpose(
+            2, 3, 1, 0
+        ),
+        **_copy(sd, f"{src}patch_embed.proj.bias", "encoder/patch_embed/bias"),
+        **_copy(sd, f"{src}pos_embed", "encoder/pos_embed"),
         **_norm(sd, f"{src}norm", "encoder/norm"),
     }
     for i in range(depth):
@@ -223,8 +243,8 @@ def _decoder(sd: StateDict, top: str, stack: str, depth: int) -> Flat:
     """PARSeq's decoder: ``{top}text_embed``, ``{top}pos_queries``, ``{top}head``, ``{stack}layers.N``,
     ``{stack}norm`` -> our ``decoder`` subtree."""
     flat = {
-        "decoder/text_embed/embedding": sd.take(f"{top}text_embed.embedding.weight"),
-        "decoder/pos_queries": sd.take(f"{top}pos_queries"),
+        **_copy(sd, f"{top}text_embed.embedding.weight", "decoder/text_embed/embedding"),
+        **_copy(sd, f"{top}pos_queries", "decoder/pos_queries"),
         **_linear(sd, f"{top}head", "decoder/head"),
         **_norm(sd, f"{stack}norm", "decoder/norm"),
     }
@@ -241,7 +261,7 @@ def _decoder(sd: StateDict, top: str, stack: str, depth: int) -> Flat:
 
 def _fmu(sd: StateDict) -> Flat:
     return {
-        "fmu/token_query": sd.take("decoder.token_query"),
+        **_copy(sd, "decoder.token_query", "fmu/token_query"),
         **_torch_mha(sd, "decoder.fmu.cross_attn", "fmu/cross_attn"),
         **_linear(sd, "decoder.fmu.linear1", "fmu/mlp/fc1"),
         **_linear(sd, "decoder.fmu.linear2", "fmu/mlp/fc2"),
@@ -316,9 +336,18 @@ def _charset(sd: StateDict, head: str, chars: str, max_len: int) -> Charset:
     return Charset(chars, max_len=max_len, unicode_to_ascii=all(ord(c) < 128 for c in chars))
 
 
-def _build(klass: type, flat: Flat, source: str, *args: Any) -> Any:
+def _build(klass: type, sd: StateDict, flat: Flat, *args: Any) -> Any:
+    """``klass(*args)`` holding ``flat``; a tensor whose shape differs from the model's is named as ``sd`` calls it."""
     model = _materialize(nnx.eval_shape(lambda: klass(*args, rngs=nnx.Rngs(0))))
-    assign_flat(model, flat, source)
+    want = model_flat_state(model)
+    bad = [
+        f"{sd.origin.get(k, k)}: {tuple(v.shape)} (as {k}) vs model {tuple(want[k].shape)}"
+        for k, v in flat.items()
+        if k in want and tuple(v.shape) != tuple(want[k].shape)
+    ]
+    if bad:
+        raise CheckpointMismatchError(f"{sd.source}: mis-shaped tensor(s) ({len(bad)}): {bad[:12]}")
+    assign_flat(model, flat, sd.source)
     model.eval()
     return model
 
@@ -351,7 +380,7 @@ def load_parseq(path: str, **kwargs: Any) -> DptrRecognizer:
     charset = _charset(sd, "head", opts["charset_train"], decoder.max_len)
     flat = _vit(sd, "encoder.", encoder.depth) | _decoder(sd, "", "decoder.", decoder.depth)
     sd.check_all_used()
-    return _build(DptrRecognizer, flat, sd.source, encoder, decoder, charset)
+    return _build(DptrRecognizer, sd, flat, encoder, decoder, charset)
 
 
 def from_openocr_dptr(
@@ -376,7 +405,7 @@ def from_openocr_dptr(
     flat = _decoder(sd, "decoder.", "decoder.decoder.", dec_cfg.depth)
     if not finetune:
         sd.check_all_used(skip=("decoder.clip_encoder.",))
-        return _build(DptrPretrainModel, flat, sd.source, None, dec_cfg, chars)
+        return _build(DptrPretrainModel, sd, flat, None, dec_cfg, chars)
     given = dict(encoder or {})
     vit = _options(given, VIT_DEFAULTS, VIT_SHAPED, (*VIT_IGNORED, *VIT_FIXED), "ViT")
     for key, supported in VIT_FIXED.items():
@@ -386,4 +415,4 @@ def from_openocr_dptr(
     enc_cfg = _encoder_config(sd, "encoder.", vit["img_size"], vit["num_heads"], given, roles, eps=1e-5)
     flat |= _vit(sd, "encoder.", enc_cfg.depth) | _fmu(sd)
     sd.check_all_used()
-    return _build(DptrRecognizer, flat, sd.source, enc_cfg, dec_cfg, chars)
+    return _build(DptrRecognizer, sd, flat, enc_cfg, dec_cfg, chars)

@@ -125,22 +125,12 @@ class DptrRecognizer(nnx.Module):
         self.charset = charset
         self.encoder = RecViT(encoder, rngs=rngs, dtype=dtype)
         queries = decoder.num_fmu_queries
-        self.fmu = None
         if not queries and encoder.width != decoder.dim:
             raise ValueError(
                 f"without an FMU the encoder width ({encoder.width}) must be the decoder dim ({decoder.dim})"
             )
-        if queries:
-            self.fmu = FeatureMergeUnit(
-                decoder.dim,
-                decoder.heads,
-                queries,
-                encoder.width,
-                rate=decoder.dropout,
-                rngs=rngs,
-                dtype=dtype,
-                mlp_ratio=decoder.mlp_ratio,
-            )
+        fmu_args = dict(rate=decoder.dropout, rngs=rngs, dtype=dtype, mlp_ratio=decoder.mlp_ratio)
+        self.fmu = FeatureMergeUnit(decoder.dim, decoder.heads, queries, encoder.width, **fmu_args) if queries else None
         self.decoder = build_decoder(decoder, charset, rngs=rngs, dtype=dtype)
 
     def memory(self, images: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
