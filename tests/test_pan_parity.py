@@ -70,12 +70,20 @@ def _loss_cases(ref) -> list[str]:
     return sorted({m.group(1) for k in ref if (m := re.fullmatch(r"(pan_loss\d*)_preds", k))})
 
 
-def _loss_case_targets(ref, case: str):
-    """(targets prefix, batch image indices) of a loss case: ``pan_loss`` uses ``pan_targets_*`` of its batch images,
+def _batch_targets(ref, case: str, out_hw: tuple[int, int], ratio: float):
+    """``loss_targets`` of a loss case's batch: ``pan_loss`` uses ``pan_targets_*`` of its batch images,
     ``pan_loss2`` its own targets, all images."""
     if f"{case}_batch_images" in ref:
-        return "pan", [int(i) for i in ref[f"{case}_batch_images"]]
-    return case, list(range(len(ref[f"{case}_in_canvas_hw"])))
+        prefix, batch = "pan", [int(i) for i in ref[f"{case}_batch_images"]]
+    else:
+        prefix, batch = case, range(len(ref[f"{case}_in_canvas_hw"]))
+    kernels = [ref[f"{prefix}_targets_kernels_{i}"] for i in batch]
+    masks = [ref[f"{prefix}_targets_mask_{i}"][0] for i in batch]
+    return loss_targets(kernels, masks, out_hw, ratio)
+
+
+def _assert_grad(grad: jax.Array, want: np.ndarray) -> None:
+    np.testing.assert_allclose(_nchw(grad), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("prefix", ["pan", "pan_loss2"])
@@ -104,14 +112,8 @@ def test_pan_shrink_substeps(ref, cfg):
 @pytest.mark.parametrize("case", ["pan_loss", "pan_loss2"])
 def test_pan_loss(ref, cfg, case):
     assert case in _loss_cases(ref)
-    prefix, batch = _loss_case_targets(ref, case)
     preds = ref[f"{case}_preds"].transpose(0, 2, 3, 1)
-    gt = loss_targets(
-        [ref[f"{prefix}_targets_kernels_{i}"] for i in batch],
-        [ref[f"{prefix}_targets_mask_{i}"][0] for i in batch],
-        preds.shape[1:3],
-        cfg["loss"]["downsample_ratio"],
-    )
+    gt = _batch_targets(ref, case, preds.shape[1:3], cfg["loss"]["downsample_ratio"])
     for name, ours in zip(("gt_text", "gt_kernel", "gt_mask"), gt, strict=True):
         np.testing.assert_array_equal(ours, ref[f"{case}_{name}"], err_msg=name)
 
@@ -137,28 +139,18 @@ def test_pan_loss(ref, cfg, case):
     np.testing.assert_allclose(per_image, ref[f"{case}_terms_per_image"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose([float(parts[k]) for k in TERMS], ref[f"{case}_terms"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(float(value), ref[f"{case}_terms"].sum(), rtol=1e-5)
-    grad = _nchw(grad)
     assert bool(np.isfinite(grad).all()) == bool(ref[f"{case}_grad_finite"])
-    want = ref[f"{case}_grad"]
-    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    _assert_grad(grad, ref[f"{case}_grad"])
 
 
 def test_pan_aux_loss(ref, cfg):
-    prefix, batch = _loss_case_targets(ref, "pan_loss")
-    pred = ref["pan_aux_pred"].transpose(0, 2, 3, 1)  # S / tau
-    out_hw = tuple(int(pred.shape[i] * 32) for i in (1, 2))
-    gt_text, _, gt_mask = loss_targets(
-        [ref[f"{prefix}_targets_kernels_{i}"] for i in batch],
-        [ref[f"{prefix}_targets_mask_{i}"][0] for i in batch],
-        out_hw,
-        downsample_ratio=1.0,
-    )
+    pred = ref["pan_aux_pred"].transpose(0, 2, 3, 1)  # S / tau at stride 32 (C5)
+    gt_text, _, gt_mask = _batch_targets(ref, "pan_loss", (pred.shape[1] * 32, pred.shape[2] * 32), 1.0)
     loss, grad = jax.jit(jax.value_and_grad(lambda s: pan_score_map_aux_loss(s, gt_text, gt_mask, tau=1.0)))(
         jnp.asarray(pred)
     )
     np.testing.assert_allclose(float(loss), ref["pan_aux_loss"], rtol=1e-5)
-    want = ref["pan_aux_grad"]
-    np.testing.assert_allclose(_nchw(grad), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    _assert_grad(grad, ref["pan_aux_grad"])
 
 
 def _pp_cases(ref) -> list[str]:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from clip_text_spot.models.clip.convert import CheckpointMismatchError, _read_safetensors, assign_flat
+from clip_text_spot.models.clip.convert import CheckpointMismatchError, assign_flat
 from clip_text_spot.models.dbnet import nearest_resize, official_dbnet_to_flat
 from clip_text_spot.models.layers import Dtype
 from clip_text_spot.models.resize import resize_grid
@@ -209,14 +209,18 @@ def _shape(sd: Mapping[str, np.ndarray], name: str) -> tuple[int, ...]:
 
 
 def load_official_pan(source: str | Mapping[str, np.ndarray], dtype: Dtype = None) -> PANDecoder:
-    """A ``PANDecoder`` holding mmocr 0.4 / TCM ``neck.*`` + ``bbox_head.*`` tensors (a safetensors path or a dict).
+    """A ``PANDecoder`` holding mmocr 0.4 / TCM ``neck.*`` + ``bbox_head.*`` tensors: a ``.safetensors`` path (a whole
+    TCM-PAN checkpoint re-saved as the README describes; pickles are refused) or a dict of arrays.
 
     ``in_channels``, ``conv_out`` and ``fpem_repeat`` are read from the shapes of ``neck.reduce_conv_c*.0.weight``
     and the ``neck.fpems.N`` names; other tensors of a whole TCM state dict (backbone, text encoder...) are skipped.
     A missing, unexpected or mis-shaped ``neck``/``bbox_head`` tensor raises ``CheckpointMismatchError`` naming it.
     The model is returned in eval mode (running BatchNorm statistics).
     """
-    sd = _read_safetensors(source) if isinstance(source, str) else dict(source)
+    # imported here: the FastTCM detector package may import this module
+    from clip_text_spot.models.fasttcm.official import read_official_state
+
+    sd = read_official_state(source) if isinstance(source, str) else dict(source)
     in_channels = [_shape(sd, f"neck.reduce_conv_{name}.0.weight") for name in LEVELS]
     conv_out = in_channels[0][0]
     repeats = {int(k.split(".")[2]) for k in sd if k.startswith("neck.fpems.")}
