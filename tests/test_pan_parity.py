@@ -5,6 +5,7 @@ folder of the same layout: set ``CTS_FCE_PAN_FIXTURE``. Tolerances (``fcenet_pan
 masks, labels and boundary coordinates exact; float32 values 1e-5 (train-mode BatchNorm forward 1e-4); scores 1e-6.
 """
 
+import collections
 import json
 import os
 import pathlib
@@ -242,3 +243,52 @@ def test_pan_loader_names_bad_tensors(weights):
     assert "bbox_head/out_conv/bias" in message
     with pytest.raises(CheckpointMismatchError, match="neck.reduce_conv_c5.0.weight"):
         load_official_pan({k: v for k, v in weights.items() if not k.startswith("neck.reduce_conv_c5.0")})
+
+
+def _sequential_pixel_group(inputs, threshold: float) -> np.ndarray:
+    """mmcv's C++ ``pixel_group`` transcribed pixel by pixel (a FIFO queue), for the contested-pixel check below."""
+    h, w = inputs.text_mask.shape
+    labels = inputs.kernel_labels.copy()
+    emb = inputs.embedding
+    sums = np.zeros((inputs.num_labels, emb.shape[-1]), np.float32)
+    counts = np.zeros(inputs.num_labels, np.float32)
+    queue = collections.deque()
+    for y, x in zip(*np.nonzero(labels > 0), strict=True):  # row-major
+        sums[labels[y, x]] += emb[y, x]
+        counts[labels[y, x]] += 1
+        if inputs.kernel_contours[y, x]:
+            queue.append((y, x, labels[y, x]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts[:, None]
+    limit = np.float32(threshold) * np.float32(threshold)
+    while queue:
+        y, x, lab = queue.popleft()
+        for ny, nx in ((y, x - 1), (y, x + 1), (y - 1, x), (y + 1, x)):
+            if not (0 <= ny < h and 0 <= nx < w) or not inputs.text_mask[ny, nx] or labels[ny, nx] > 0:
+                continue
+            dist = np.float32(0)
+            for c in range(emb.shape[-1]):
+                dist = np.float32(float(dist) + float(means[lab, c] - emb[ny, nx, c]) ** 2)
+            if dist < limit:
+                labels[ny, nx] = lab
+                queue.append((ny, nx, lab))
+    return labels
+
+
+def test_pixel_group_contested_pixels_follow_the_queue_order():
+    """Dense random kernels with close embeddings: many pixels are reachable from several kernels at the same depth,
+    so the owner depends on the queue order (the fixture maps do not pin it down)."""
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        h, w = rng.integers(12, 28, 2)
+        preds = np.concatenate(
+            [
+                rng.normal(1.5, 1.0, (h, w, 1)),
+                np.where(rng.uniform(size=(h, w, 1)) < 0.15, 3.0, -3.0),
+                rng.normal(0.0, 0.25, (h, w, 4)),
+            ],
+            axis=-1,
+        ).astype(np.float32)
+        inputs = group_inputs(preds)
+        labels, _ = pixel_group(inputs, 0.85)
+        np.testing.assert_array_equal(labels, _sequential_pixel_group(inputs, 0.85))
