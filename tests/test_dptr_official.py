@@ -18,6 +18,7 @@ from safetensors.numpy import load_file, save_file
 from clip_text_spot.dptr.orp import OrpSampler
 from clip_text_spot.models.clip.convert import CheckpointMismatchError
 from clip_text_spot.models.dptr import from_openocr_dptr, load_parseq
+from clip_text_spot.models.dptr.official import DPTR_DECODER_DEFAULTS, VIT_DEFAULTS
 from clip_text_spot.models.dptr.parseq import causal_mask, cloze_mask, perm_cross_entropy, plm_loss
 from clip_text_spot.models.dptr.perms import perm_masks
 from clip_text_spot.models.dptr.pretrain import DptrPretrainModel
@@ -113,13 +114,10 @@ def test_parseq_loader_reads_the_fixture_sizes(parseq):
     kwargs = config["model_kwargs"]
     assert isinstance(model, DptrRecognizer) and model.fmu is None
     cfg, enc = model.decoder.cfg, model.encoder.cfg
-    assert (cfg.dim, cfg.depth, cfg.heads, cfg.max_len) == (
-        kwargs["embed_dim"],
-        kwargs["dec_depth"],
-        kwargs["dec_num_heads"],
-        kwargs["max_label_length"],
-    )
-    assert (enc.depth, enc.heads, enc.norm_eps) == (kwargs["enc_depth"], kwargs["enc_num_heads"], 1e-6)
+    dim = kwargs["embed_dim"]
+    heads = kwargs.get("dec_num_heads", dim // 32)
+    assert (cfg.dim, cfg.depth, cfg.heads, cfg.max_len) == (dim, kwargs["dec_depth"], heads, kwargs["max_label_length"])
+    assert (enc.depth, enc.heads, enc.norm_eps) == (kwargs["enc_depth"], kwargs.get("enc_num_heads", dim // 64), 1e-6)
     assert model.charset.chars == config["charset_train"]
 
 
@@ -226,13 +224,15 @@ def test_dptr_loader_reads_the_fixture_sizes(dptr):
     assert pretrain.clip_text is None and not hasattr(pretrain, "fmu")
     assert model.fmu.token_query.shape[1] == config["fmu_num_queries"]
     cfg = model.decoder.cfg
+    heads = dec.get("dec_num_heads", DPTR_DECODER_DEFAULTS["dec_num_heads"])
     assert (cfg.dim, cfg.depth, cfg.heads, cfg.max_len) == (
         dec["embed_dim"],
         dec["dec_depth"],
-        dec["dec_num_heads"],
+        heads,
         dec["max_label_length"],
     )
-    assert (model.encoder.cfg.depth, model.encoder.cfg.heads) == (enc["depth"], enc["num_heads"])
+    assert model.encoder.cfg.heads == enc.get("num_heads", VIT_DEFAULTS["num_heads"])
+    assert model.encoder.cfg.depth == enc["depth"] and model.encoder.cfg.width == enc["embed_dim"]
     assert model.charset.chars == config["charset"]
     assert pretrain.decoder.cfg == dataclasses.replace(cfg, fmu_queries=None)
 
