@@ -79,5 +79,10 @@ class _QuietLibraries(pylogging.Filter):
 
 
 def quiet_libraries() -> None:
-    """Install the filter on absl's log handler (command-line entry points call this first)."""
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    """Install the filter on absl's log handler (command-line entry points call this first), and turn off
+    transformers' advisory warnings: without PyTorch it warns at import that its models are unavailable, but only
+    its tokenizer and config classes are used here."""
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+        handler.addFilter(_QuietLibraries())
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

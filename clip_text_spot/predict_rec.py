@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clip_text_spot import checkpoint
+    from clip_text_spot import checkpoint, logs
     from clip_text_spot.cli import Skips
     from clip_text_spot.data.readers import read_crop_folder, read_lmdb
     from clip_text_spot.data.readers.common import read_input_image
@@ -83,6 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     from clip_text_spot.tasks.dptr import DptrFinetuneTask
     from clip_text_spot.trainer import restore_model
 
+    logs.quiet_libraries()
     start = time.perf_counter()
     path = args.workdir or args.checkpoint
     step_dir = checkpoint.resolve_step_dir(path, "best" if args.best else "latest", stage="finetune")
