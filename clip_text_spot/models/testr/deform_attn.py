@@ -6,13 +6,16 @@ official CUDA kernel — exactly: a location ``(x, y)`` in [0, 1] of level ``l``
 neighbour outside the map reads zero. Level shapes are static Python ints, so everything is jittable forward and
 backward (the gather's transpose is a scatter-add into the value map, which is grid_sample's backward).
 
-Formulation: every corner of every point of every level is fetched by **one gather** from the level-concatenated
-value slab [N, M, S, D] (per-level indices offset by the level start). ``python bench/deform_attn.py`` timed three
-formulations on the 2-core CPU, forward + backward, encoder shapes of a 320x320 image (S = 2125, d 256, 8 heads, 4
-levels, 4 points, float32): this one 0.197 s, one gather per level 0.254 s (1.29x), the corner-packed gather of
-Scenic (4 shifted copies of each padded level side by side in channels, one gather of the top-left index) 0.345 s
-(1.75x). Locations, bilinear weights and the weighted sum are float32 whatever the compute dtype; the gathered
-values keep the value dtype until the sum.
+Formulation (after Scenic's): per level, the value map is zero-padded by one pixel and the four neighbours of every
+top-left corner are packed side by side in channels, so **one gather per level** of the top-left index fetches all
+four corners (corners off the map read the zero border; a sample with no corner on the map gets weight 0).
+``python bench/deform_attn.py`` timed four formulations forward + backward on the shared 2-core CPU, encoder shapes
+of a 320x320 image (S = 2125 queries and tokens, d 256, 8 heads, 4 levels, 4 points, float32; median of 9 rounds,
+``bench/results/deform_attn-cpu.json``): this one 0.251 s; one gather per level of four separate corners from the
+unpadded slab 0.283 s (1.13x); every corner of every level in one gather from the level-concatenated slab 0.384 s
+(1.53x); the packed slabs of all levels concatenated, one gather 0.474 s (1.89x). Gathers (and their scatter-add
+transposes) cost per index on a CPU, and packing cuts the indices four-fold. Locations, bilinear weights and the
+weighted sum are float32 whatever the compute dtype; the gathered values keep the value dtype until the sum.
 """
 
 from __future__ import annotations
@@ -36,36 +39,30 @@ def level_starts(spatial_shapes: Sequence[Sequence[int]]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
 
-def bilinear_corners(locations: jax.Array, spatial_shapes: Shapes) -> tuple[jax.Array, jax.Array]:
-    """Flat token indices and bilinear weights of the four neighbours of each sampling location.
+def _packed_corners(grid: jax.Array) -> jax.Array:
+    """[N, M, H, W, D] -> [N, M, (H + 1) (W + 1), 4 D]: the map zero-padded by one pixel, each top-left corner
+    (-1..H-1, -1..W-1) holding its (x0, y0), (x1, y0), (x0, y1), (x1, y1) neighbours side by side."""
+    n, m, h, w, d = grid.shape
+    pad = jnp.pad(grid, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+    quad = [pad[:, :, :-1, :-1], pad[:, :, :-1, 1:], pad[:, :, 1:, :-1], pad[:, :, 1:, 1:]]
+    return jnp.concatenate(quad, -1).reshape(n, m, (h + 1) * (w + 1), 4 * d)
 
-    ``locations`` [..., L, P, 2] (x, y in [0, 1], level axis L second-to-last but one) -> (indices [..., L, P, 4]
-    int32 into the level-concatenated token axis, weights [..., L, P, 4] float32, zero for a neighbour outside its
-    map). The neighbours are ordered (x0, y0), (x1, y0), (x0, y1), (x1, y1).
-    """
-    hw = np.asarray(spatial_shapes, np.int64)
-    h = jnp.asarray(hw[:, 0, None], jnp.float32)  # [L, 1], broadcast over points
-    w = jnp.asarray(hw[:, 1, None], jnp.float32)
-    start = jnp.asarray(level_starts(spatial_shapes)[:, None], jnp.int32)
+
+def _bilinear(locations: jax.Array, h: int, w: int) -> tuple[jax.Array, jax.Array]:
+    """grid_sample's neighbours of ``locations`` [..., 2] (x, y in [0, 1]) on an H x W map: (index of the top-left
+    corner into ``_packed_corners``' rows, int32 [...], corner weights float32 [..., 4], all zero when no corner
+    lies inside the map)."""
     grid = 2.0 * locations.astype(jnp.float32) - 1.0
     ix = ((grid[..., 0] + 1.0) * w - 1.0) / 2.0
     iy = ((grid[..., 1] + 1.0) * h - 1.0) / 2.0
     x0, y0 = jnp.floor(ix), jnp.floor(iy)
     x1, y1 = x0 + 1.0, y0 + 1.0
-    corners = (
-        (x0, y0, (x1 - ix) * (y1 - iy)),
-        (x1, y0, (ix - x0) * (y1 - iy)),
-        (x0, y1, (x1 - ix) * (iy - y0)),
-        (x1, y1, (ix - x0) * (iy - y0)),
+    weights = jnp.stack(
+        [(x1 - ix) * (y1 - iy), (ix - x0) * (y1 - iy), (x1 - ix) * (iy - y0), (ix - x0) * (iy - y0)], -1
     )
-    index, weight = [], []
-    for cx, cy, cw in corners:
-        inside = (cx >= 0) & (cx <= w - 1) & (cy >= 0) & (cy <= h - 1)
-        xi = jnp.clip(cx, 0, w - 1).astype(jnp.int32)
-        yi = jnp.clip(cy, 0, h - 1).astype(jnp.int32)
-        index.append(start + yi * w.astype(jnp.int32) + xi)
-        weight.append(jnp.where(inside, cw, 0.0))
-    return jnp.stack(index, -1), jnp.stack(weight, -1)
+    near = (x0 >= -1) & (x0 <= w - 1) & (y0 >= -1) & (y0 <= h - 1)
+    index = (jnp.clip(y0, -1, h - 1) + 1).astype(jnp.int32) * (w + 1) + (jnp.clip(x0, -1, w - 1) + 1).astype(jnp.int32)
+    return index, jnp.where(near[..., None], weights, 0.0)
 
 
 def ms_deform_attn_core(
@@ -81,16 +78,18 @@ def ms_deform_attn_core(
     lq = locations.shape[1]
     if s != sum(h * w for h, w in spatial_shapes):
         raise ValueError(
-            f"value has {s} tokens, spatial shapes {spatial_shapes} give {sum(h * w for h, w in spatial_shapes)}"
+            f"value has {s} tokens; spatial shapes {spatial_shapes} give {sum(h * w for h, w in spatial_shapes)}"
         )
-    index, weight = bilinear_corners(locations, spatial_shapes)
-    weight = weight * attention_weights.astype(jnp.float32)[..., None]
-    k = index.shape[3] * index.shape[4] * index.shape[5]  # L * P * 4 samples per query and head
-    index = index.transpose(0, 2, 1, 3, 4, 5).reshape(n, m, lq * k)
-    weight = weight.transpose(0, 2, 1, 3, 4, 5).reshape(n, m, lq, k)
-    slab = value.transpose(0, 2, 1, 3)  # [N, M, S, D]
-    picked = jax.vmap(jax.vmap(lambda v, i: v.at[i].get(mode="promise_in_bounds")))(slab, index)
-    out = jnp.einsum("nmqk,nmqkd->nqmd", weight, picked.reshape(n, m, lq, k, d), preferred_element_type=jnp.float32)
+    out = jnp.zeros((n, lq, m, d), jnp.float32)
+    for lvl, ((h, w), start) in enumerate(zip(spatial_shapes, level_starts(spatial_shapes), strict=True)):
+        grid = value[:, start : start + h * w].reshape(n, h, w, m, d).transpose(0, 3, 1, 2, 4)
+        index, weights = _bilinear(locations[:, :, :, lvl], h, w)  # [N, Lq, M, P], [N, Lq, M, P, 4]
+        weights = weights * attention_weights[:, :, :, lvl, :, None].astype(jnp.float32)
+        index = index.transpose(0, 2, 1, 3).reshape(n, m, -1)
+        picked = jax.vmap(jax.vmap(lambda v, i: v.at[i].get(mode="promise_in_bounds")))(_packed_corners(grid), index)
+        out = out + jnp.einsum(
+            "nqmpc,nmqpcd->nqmd", weights, picked.reshape(n, m, lq, -1, 4, d), preferred_element_type=jnp.float32
+        )
     return out.reshape(n, lq, m * d).astype(value.dtype)
 
 
