@@ -151,7 +151,8 @@ def state():
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda sd: sd.pop("transformer.decoder.layers.0.norm_inter_text.bias"), "missing"),
+        (lambda sd: sd.pop("transformer.decoder.layers.0.norm_inter_text.bias"), r"missing .*0\.norm_inter_text\.bias"),
+        (lambda sd: sd.pop("transformer.decoder.layers.1.attn_intra.in_proj_weight"), r"1\.attn_intra\.in_proj_weight"),
         (lambda sd: sd.update({"transformer.decoder.layers.0.extra.weight": np.zeros(3, np.float32)}), "extra.weight"),
         (lambda sd: sd.update({"text_embed.weight": sd["text_embed.weight"][:, :-1]}), "text_embed.weight"),
         (lambda sd: sd.update({"ctrl_point_class.1.bias": sd["ctrl_point_class.1.bias"] + 1}), "ctrl_point_class"),

@@ -88,6 +88,26 @@ def _convert(name: str, w: np.ndarray) -> list[tuple[str, np.ndarray]]:
     return [_leaf(module, leaf, w)]
 
 
+_INVERSE = [
+    (r"^input_proj/(\d+)/conv/", r"input_proj.\1.0."),
+    (r"^input_proj/(\d+)/norm/", r"input_proj.\1.1."),
+    (r"^transformer/(\w+)_layers/(\d+)/ffn(_text)?/linear([12])/", r"transformer.\1.layers.\2.linear\4\3."),
+    (r"^transformer/(\w+)_layers/", r"transformer.\1.layers."),
+    (r"/[qkv]_proj/kernel$", ".in_proj_weight"),
+    (r"/[qkv]_proj/bias$", ".in_proj_bias"),
+    (r"^(ctrl_point_class|ctrl_point_coord)/", r"\1.0."),
+    (r"^(ctrl_point_embed|text_embed)$", r"\1.weight"),
+    (r"[./](kernel|scale)$", ".weight"),
+]
+
+
+def official_name(ours: str) -> str:
+    """The official name of one of our flat parameter names (for error messages)."""
+    for rx, repl in _INVERSE:
+        ours = re.sub(rx, repl, ours)
+    return ours.replace("/", ".")
+
+
 def official_to_flat(sd: Flat) -> tuple[Flat, dict[str, str]]:
     """Official tensors -> (our flat ``/`` names, our name -> the official name it came from). Copies of a shared
     module must agree; ``text_pos_embed.inv_freq`` must equal the formula."""
@@ -243,7 +263,7 @@ def from_official_testr(
     model = _materialize(nnx.eval_shape(lambda: TESTR(config, rngs=nnx.Rngs(0))))
     target = model_flat_state(model)
     problems = [f"unexpected tensor {origin[k]!r}" for k in sorted(set(flat) - set(target))]
-    problems += [f"missing tensor for {k!r}" for k in sorted(set(target) - set(flat))]
+    problems += [f"missing tensor {official_name(k)!r}" for k in sorted(set(target) - set(flat))]
     problems += [
         f"tensor {origin[k]!r} has shape {tuple(sd[origin[k]].shape)}, the model needs {tuple(target[k].shape)} "
         "(Flax layout)"
