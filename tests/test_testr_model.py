@@ -19,6 +19,8 @@ from safetensors.numpy import load_file
 
 from clip_text_spot.models.clip.convert import CheckpointMismatchError
 from clip_text_spot.models.testr import from_official_testr
+from clip_text_spot.models.testr.backbone import Frozen
+from clip_text_spot.models.testr.official import from_official_testr_detector
 
 FIXTURE = pathlib.Path(os.environ.get("CTS_TESTR_FIXTURE", DATA / "testr_tiny"))
 CKPT = str(FIXTURE / "testr.safetensors")
@@ -30,8 +32,9 @@ MASKED = ("pos_l", "enc_layer", "memory", "msda_enc0_")
 OTHERS = ("in_", "tgt_", "match_", "loss", "infer_", "grad_", "msda_core_", "msda_module_", "msda_init_", "num_inst")
 
 
-def load(**overrides):
-    kwargs = dict(
+def load_kwargs() -> dict:
+    """``from_official_testr`` arguments from the fixture's config (what tensor shapes cannot tell, and checks)."""
+    return dict(
         heads=EFF["nhead"],
         enc_points=EFF["enc_n_points"],
         dec_points=EFF["dec_n_points"],
@@ -39,7 +42,10 @@ def load(**overrides):
         voc_size=EFF["voc_size"],
         use_polygon=EFF["use_polygon"],
     )
-    return from_official_testr(CKPT, **{**kwargs, **overrides})
+
+
+def load(**overrides):
+    return from_official_testr(CKPT, **{**load_kwargs(), **overrides})
 
 
 def nhwc_inputs(ref):
@@ -185,3 +191,89 @@ def test_prefixed_checkpoint_and_inferred_sizes(state):
         EFF["num_chars"],
         tuple(EFF["backbone_channels"]),
     )
+
+
+def d2_resnet_state(seed: int, stem: int, widths, outs, blocks) -> dict:
+    """Random detectron2-named ResNet tensors (non-trivial FrozenBN statistics)."""
+    rng = np.random.default_rng(seed)
+
+    def conv_norm(name, cin, cout, k):
+        sd[f"{name}.weight"] = rng.normal(0, (2 / (k * k * cin)) ** 0.5, (cout, cin, k, k)).astype(np.float32)
+        sd[f"{name}.norm.weight"] = rng.uniform(0.5, 1.5, cout).astype(np.float32)
+        sd[f"{name}.norm.bias"] = rng.normal(0, 0.1, cout).astype(np.float32)
+        sd[f"{name}.norm.running_mean"] = rng.normal(0, 0.1, cout).astype(np.float32)
+        sd[f"{name}.norm.running_var"] = rng.uniform(0.5, 1.5, cout).astype(np.float32)
+
+    sd = {}
+    conv_norm("stem.conv1", 3, stem, 7)
+    cin = stem
+    for s, (width, cout, n) in enumerate(zip(widths, outs, blocks, strict=True)):
+        for j in range(n):
+            name = f"res{s + 2}.{j}"
+            if cin != cout:
+                conv_norm(f"{name}.shortcut", cin, cout, 1)
+            conv_norm(f"{name}.conv1", cin, width, 1)
+            conv_norm(f"{name}.conv2", width, width, 3)
+            conv_norm(f"{name}.conv3", width, cout, 1)
+            cin = cout
+    return sd
+
+
+def torch_d2_resnet(sd: dict, pixels: np.ndarray) -> list[np.ndarray]:
+    """detectron2's ResNet forward (STRIDE_IN_1X1 False, FrozenBN) with torch ops; res2..res5 NHWC."""
+    import torch
+    import torch.nn.functional as F
+
+    t = {k: torch.from_numpy(v) for k, v in sd.items()}
+
+    def conv_norm(x, name, stride, pad):
+        x = F.conv2d(x, t[f"{name}.weight"], stride=stride, padding=pad)
+        scale = t[f"{name}.norm.weight"] * (t[f"{name}.norm.running_var"] + 1e-5).rsqrt()
+        shift = t[f"{name}.norm.bias"] - t[f"{name}.norm.running_mean"] * scale
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+    with torch.no_grad():
+        x = F.relu(conv_norm(torch.from_numpy(pixels).permute(0, 3, 1, 2), "stem.conv1", 2, 3))
+        x = F.max_pool2d(x, 3, 2, 1)
+        outs = []
+        for s in range(2, 6):
+            j = 0
+            while f"res{s}.{j}.conv1.weight" in t:
+                name, stride = f"res{s}.{j}", 2 if s > 2 and j == 0 else 1
+                y = F.relu(conv_norm(x, f"{name}.conv1", 1, 0))
+                y = F.relu(conv_norm(y, f"{name}.conv2", stride, 1))
+                y = conv_norm(y, f"{name}.conv3", 1, 0)
+                short = conv_norm(x, f"{name}.shortcut", stride, 0) if f"{name}.shortcut.weight" in t else x
+                x = F.relu(y + short)
+                j += 1
+            outs.append(x.permute(0, 2, 3, 1).numpy())
+    return outs
+
+
+def test_detectron2_resnet_and_detector(ref, state):
+    """A small detectron2-named ResNet (odd input size) against torch ops, loaded with the fixture's TESTR as one
+    official detector: its TESTR output equals TESTR on the backbone's res3..res5."""
+    sd = d2_resnet_state(1, 8, (4, 8, 8, 16), (16, *EFF["backbone_channels"]), (1, 2, 1, 1))
+    pixels = np.random.default_rng(2).normal(size=(2, 70, 90, 3)).astype(np.float32)
+    want = torch_d2_resnet(sd, pixels)
+    full = {
+        **{f"testr.{k}": v for k, v in state.items()},
+        **{f"testr.backbone.0.backbone.{k}": v for k, v in sd.items()},
+    }
+    model = from_official_testr_detector(full, **load_kwargs())
+    assert isinstance(model.backbone.stem.conv1.weight, Frozen) and isinstance(
+        model.backbone.res3[0].conv1.weight, nnx.Param
+    )
+    sizes = jnp.asarray([[70, 90], [61, 77]], jnp.int32)
+    graphdef, st = nnx.split(model)
+
+    @jax.jit
+    def forward(st, pixels):
+        m = nnx.merge(graphdef, st)
+        feats = m.backbone.features(pixels)
+        return feats, m(pixels, sizes), m.testr.forward_features(feats[1:], sizes)
+
+    feats, out, direct = forward(st, jnp.asarray(pixels))
+    for got, exp in zip(feats, want, strict=True):
+        np.testing.assert_allclose(np.asarray(got), exp, rtol=TOL, atol=TOL * max(1.0, float(np.abs(exp).max())))
+    np.testing.assert_array_equal(np.asarray(out["pred_logits"]), np.asarray(direct["pred_logits"]))

@@ -326,3 +326,21 @@ class TESTR(nnx.Module):
         if self.config.use_polygon:
             return x if inverse else jax.nn.sigmoid(x)
         return (x + 0.5) / 2.0 if inverse else jax.nn.sigmoid(x) * 2.0 - 0.5
+
+
+class TESTRDetector(nnx.Module):
+    """A backbone and TESTR: ``backbone.features(pixels)`` (NHWC maps finest first; the detectron2 ``ResNet`` of
+    ``backbone.py`` or CLIP's ``ModifiedResNet``) feeds its last ``len(backbone_channels)`` levels to TESTR."""
+
+    def __init__(self, backbone: nnx.Module, testr: TESTR):
+        self.backbone = backbone
+        self.testr = testr
+
+    def __call__(
+        self, pixels: jax.Array, image_sizes: jax.Array, capture: dict | None = None, rngs: nnx.Rngs | None = None
+    ) -> dict:
+        """Normalised, zero-padded NHWC ``pixels`` [B, H, W, 3] and unpadded ``image_sizes`` int [B, 2] (h, w) ->
+        ``TESTR.forward_features``' output dict."""
+        levels = len(self.testr.config.backbone_channels)
+        features = self.backbone.features(pixels)[-levels:]
+        return self.testr.forward_features(features, image_sizes, capture=capture, rngs=rngs)

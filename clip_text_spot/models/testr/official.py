@@ -17,8 +17,13 @@ skipped. A missing, unexpected or mis-shaped tensor is an error naming it (offic
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -26,16 +31,18 @@ from flax import nnx
 from clip_text_spot.models.clip.convert import (
     CheckpointMismatchError,
     _count,
-    _materialize,
     assign_flat,
     model_flat_state,
 )
 from clip_text_spot.models.fasttcm.official import read_official_state
-from clip_text_spot.models.testr.model import TESTR, TESTRConfig
+from clip_text_spot.models.testr.backbone import STAGES, ResNet, ResNetConfig
+from clip_text_spot.models.testr.model import TESTR, TESTRConfig, TESTRDetector
 
 Flat = dict[str, np.ndarray]
 
 BACKBONE_PREFIX = "backbone."
+# detectron2 ResNet tensors inside a TESTR checkpoint (Joiner -> MaskedBackbone -> ResNet), or under an FPN's bottom_up
+RESNET_PREFIXES = ("backbone.0.backbone.", "backbone.bottom_up.")
 # official module path -> ours (on the name without its leaf; first match wins)
 _RULES = [
     (r"^input_proj\.(\d+)\.0$", r"input_proj/\1/conv"),
@@ -226,6 +233,42 @@ def split_official_state(sd: Flat) -> tuple[Flat, Flat]:
     return {k: v for k, v in sd.items() if k not in backbone}, backbone
 
 
+@functools.lru_cache(maxsize=8)
+def _abstract(build: Callable[..., nnx.Module], *args: Any) -> tuple[nnx.GraphDef, nnx.State]:
+    """Graph and abstract state of ``build(*args)`` (cached: tracing the initialisers takes about a second)."""
+    return nnx.split(nnx.eval_shape(lambda: build(*args)))
+
+
+def _zeros_model(build: Callable[..., nnx.Module], *args: Any) -> nnx.Module:
+    """A zero-filled concrete model of ``build(*args)``'s structure (its values are overwritten right after)."""
+    graphdef, state = _abstract(build, *args)
+    return nnx.merge(graphdef, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), state))
+
+
+def _build_testr(config: TESTRConfig) -> TESTR:
+    return TESTR(config, rngs=nnx.Rngs(0))
+
+
+def _build_resnet(cfg: ResNetConfig, dtype: str) -> ResNet:
+    return ResNet(cfg, rngs=nnx.Rngs(0), dtype=dtype)
+
+
+def _check_assign(model: nnx.Module, flat: Flat, origin: dict[str, str], source: str, describe: str) -> None:
+    """Copy ``flat`` into ``model``; a missing, unexpected or mis-shaped tensor is an error naming it officially."""
+    target = model_flat_state(model)
+    problems = [f"unexpected tensor {origin[k]!r}" for k in sorted(set(flat) - set(target))]
+    problems += [f"missing tensor {official_name(k)!r}" for k in sorted(set(target) - set(flat))]
+    problems += [
+        f"tensor {origin[k]!r} has shape {tuple(np.shape(flat[k]))} in Flax layout, the model needs "
+        f"{tuple(target[k].shape)}"
+        for k in sorted(set(flat) & set(target))
+        if tuple(np.shape(flat[k])) != tuple(target[k].shape)
+    ]
+    if problems:
+        raise CheckpointMismatchError(f"{source} does not match {describe}:\n  " + "\n  ".join(problems[:20]))
+    assign_flat(model, flat)
+
+
 def from_official_testr(
     path: str | Flat,
     *,
@@ -260,19 +303,59 @@ def from_official_testr(
         dtype=dtype,
     )
     flat, origin = official_to_flat(sd)
-    model = _materialize(nnx.eval_shape(lambda: TESTR(config, rngs=nnx.Rngs(0))))
-    target = model_flat_state(model)
-    problems = [f"unexpected tensor {origin[k]!r}" for k in sorted(set(flat) - set(target))]
-    problems += [f"missing tensor {official_name(k)!r}" for k in sorted(set(target) - set(flat))]
-    problems += [
-        f"tensor {origin[k]!r} has shape {tuple(sd[origin[k]].shape)}, the model needs {tuple(target[k].shape)} "
-        "(Flax layout)"
-        for k in sorted(set(flat) & set(target))
-        if tuple(flat[k].shape) != tuple(target[k].shape)
-    ]
-    if problems:
-        source = path if isinstance(path, str) else "official TESTR state dict"
-        raise CheckpointMismatchError(f"{source} does not match TESTR {config}:\n  " + "\n  ".join(problems[:20]))
-    assign_flat(model, flat)
+    model = _zeros_model(_build_testr, config)
+    source = path if isinstance(path, str) else "official TESTR state dict"
+    _check_assign(model, flat, origin, source, f"TESTR {config}")
+    model.eval()
+    return model
+
+
+def resnet_from_official(
+    sd: Flat, *, stride_in_1x1: bool = False, freeze_at: int = 2, dtype: str = "float32"
+) -> ResNet:
+    """detectron2 ResNet tensors (``stem.*``, ``res2..res5.*``, no prefix) -> ``ResNet`` with the layout read from
+    their shapes (blocks per stage, widths); the stride position and frozen stages are arguments."""
+    for name in ("stem.conv1.weight", *(f"{s}.0.conv{k}.weight" for s in STAGES for k in (1, 3))):
+        if name not in sd:
+            raise CheckpointMismatchError(f"official ResNet weights lack tensor {name!r}")
+    cfg = ResNetConfig(
+        blocks=tuple(_count(sd, rf"{s}\.(\d+)\.") for s in STAGES),
+        stem_width=int(sd["stem.conv1.weight"].shape[0]),
+        bottleneck=tuple(int(sd[f"{s}.0.conv1.weight"].shape[0]) for s in STAGES),
+        out=tuple(int(sd[f"{s}.0.conv3.weight"].shape[0]) for s in STAGES),
+        stride_in_1x1=stride_in_1x1,
+        freeze_at=freeze_at,
+    )
+    flat = {k.replace(".", "/"): (v.transpose(2, 3, 1, 0) if v.ndim == 4 else v) for k, v in sd.items()}
+    model = _zeros_model(_build_resnet, cfg, dtype)
+    _check_assign(model, flat, {k.replace(".", "/"): k for k in sd}, "official ResNet weights", f"ResNet {cfg}")
+    return model
+
+
+def from_official_testr_detector(
+    path: str | Flat, *, stride_in_1x1: bool = False, freeze_at: int = 2, **testr_kwargs
+) -> TESTRDetector:
+    """The whole official detector: detectron2 ResNet (``backbone.0.backbone.*``) + TESTR, eval mode.
+    ``testr_kwargs`` go to ``from_official_testr``."""
+    raw = read_official_state(path) if isinstance(path, str) else dict(path)
+    sd = {k.removeprefix("testr."): v for k, v in raw.items()}
+    prefix = next((p for p in RESNET_PREFIXES if any(k.startswith(p) for k in sd)), None)
+    if prefix is None:
+        raise CheckpointMismatchError(
+            f"no detectron2 ResNet tensors ({' or '.join(RESNET_PREFIXES)}*) in the checkpoint"
+        )
+    resnet = {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
+    stray = sorted(k for k in sd if k.startswith(BACKBONE_PREFIX) and not k.startswith(prefix))
+    if stray:
+        raise CheckpointMismatchError(f"unexpected backbone tensor(s): {stray[:12]}")
+    backbone = resnet_from_official(
+        resnet, stride_in_1x1=stride_in_1x1, freeze_at=freeze_at, dtype=testr_kwargs.get("dtype", "float32")
+    )
+    testr = from_official_testr({k: v for k, v in sd.items() if not k.startswith(BACKBONE_PREFIX)}, **testr_kwargs)
+    if backbone.cfg.out[-len(testr.config.backbone_channels) :] != testr.config.backbone_channels:
+        raise CheckpointMismatchError(
+            f"ResNet outputs {backbone.cfg.out} do not feed TESTR's input_proj ({testr.config.backbone_channels})"
+        )
+    model = TESTRDetector(backbone, testr)
     model.eval()
     return model
