@@ -3,6 +3,7 @@ evaluation; tiny overrides), then the CLIs on its checkpoints with real data: pr
 (PARSeq demo images, mmocr's toy LMDB), spot on real scenes (ICDAR2015 toy images, an OpenCV sample photo)."""
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -10,6 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import DATA
+from test_cli_bad_inputs import write_bad_images
 
 from clip_text_spot import predict_rec, spot
 from clip_text_spot.logs import read_metrics
@@ -156,3 +158,42 @@ def test_spot_cli_errors_name_the_problem(demo_workdir, tmp_path, capsys):
     assert "a dptr_finetune one is needed" in capsys.readouterr().err
     assert spot.main([f"--detector={demo_workdir}", f"--recognizer={demo_workdir}", str(tmp_path / "none.jpg")]) == 2
     assert "none.jpg: no such file" in capsys.readouterr().err
+
+
+def test_clis_skip_unreadable_images_and_restore_without_warnings(demo_workdir, tmp_path, capsys):
+    """predict, predict_rec and spot on folders with a truncated JPEG, a text file named .png and an empty file
+    among good images: output for every good one, the bad ones in ``skipped``, exit 0; with --strict, exit 2.
+    predict runs as ``python -m clip_text_spot predict``, whose restore and prediction log no warning."""
+    scenes, crops = tmp_path / "scenes", tmp_path / "crops"
+    bad_scenes, bad_crops = write_bad_images(scenes), write_bad_images(crops)
+    for name in ("img_1.jpg", "img_2.jpg"):
+        (scenes / name).write_bytes((DATA / "readers" / "det_toy" / "imgs" / "test" / name).read_bytes())
+    for name in ("cute-184.jpg", "ic15_word_26.png"):
+        (crops / name).write_bytes((DATA / "readers" / "parseq_demo" / name).read_bytes())
+
+    args = [f"--detector={demo_workdir}", f"--recognizer={demo_workdir}", f"--output={tmp_path / 'spotted'}"]
+    assert spot.main([*args, str(scenes)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["skipped"] == bad_scenes
+    assert sorted(p.name for p in (tmp_path / "spotted").iterdir()) == ["img_1.json", "img_1.png", "img_2.json",
+                                                                      "img_2.png"]  # fmt: skip
+    assert [line.split(":")[0] for line in err.splitlines()] == [f"skipped {p}" for p in bad_scenes]
+    assert spot.main([*args, str(scenes), "--strict"]) == 2
+    assert f"{bad_scenes[0]}: corrupt" in capsys.readouterr().err
+
+    assert predict_rec.main([f"--workdir={demo_workdir}", str(crops), f"--output={tmp_path / 'read.tsv'}"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["images"] == 2 and summary["skipped"] == bad_crops
+    assert sorted(read_labels(tmp_path / "read.tsv")) == ["cute-184.jpg", "ic15_word_26.png"]
+    assert predict_rec.main([f"--workdir={demo_workdir}", str(crops), "--strict"]) == 2
+
+    cmd = [sys.executable, "-m", "clip_text_spot", "predict", f"--workdir={demo_workdir / 'detector'}", str(scenes),
+           f"--output={tmp_path / 'detected'}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["skipped"] == bad_scenes
+    assert sorted(p.name for p in (tmp_path / "detected").glob("*.json")) == ["img_1.json", "img_2.json"]
+    noise = [line for line in proc.stderr.splitlines() if not re.match(r"I\d{4} |skipped ", line)]
+    assert noise == [], noise  # no warning (W1203 ...), error or stray line: only the skips and INFO
+    proc = subprocess.run([*cmd, "--strict"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and f"{bad_scenes[0]}: corrupt" in proc.stderr
