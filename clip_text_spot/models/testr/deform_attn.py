@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from clip_text_spot.models.layers import Dtype
+from clip_text_spot.models.testr.init import linear
 
 Shapes = tuple[tuple[int, int], ...]
 
@@ -104,26 +105,6 @@ def offset_bias_init(heads: int, levels: int, points: int) -> np.ndarray:
     return grid.reshape(-1).astype(np.float32)
 
 
-def _linear(
-    din: int,
-    dout: int,
-    axes: tuple[str | None, str | None],
-    kernel_init: nnx.initializers.Initializer,
-    bias_init: nnx.initializers.Initializer,
-    rngs: nnx.Rngs,
-    dtype: Dtype,
-) -> nnx.Linear:
-    """``nnx.Linear`` [din, dout] with the given inits, kernel annotated with logical ``axes``."""
-    return nnx.Linear(
-        din,
-        dout,
-        dtype=dtype,
-        rngs=rngs,
-        kernel_init=nnx.with_partitioning(kernel_init, axes),
-        bias_init=nnx.with_partitioning(bias_init, (axes[1],)),
-    )
-
-
 class MSDeformAttn(nnx.Module):
     """``MSDeformAttn(d_model, n_levels, n_heads, n_points)`` with the official parameter names and init.
 
@@ -138,19 +119,16 @@ class MSDeformAttn(nnx.Module):
         self.dtype = dtype
         zeros = nnx.initializers.zeros_init()
         bias = offset_bias_init(heads, levels, points)
-        self.sampling_offsets = _linear(
-            dim,
-            heads * levels * points * 2,
-            ("embed", None),
-            zeros,
-            lambda key, shape, dt: jnp.asarray(bias, dt),
-            rngs,
-            dtype,
-        )
-        self.attention_weights = _linear(dim, heads * levels * points, ("embed", None), zeros, zeros, rngs, dtype)
-        xavier = nnx.initializers.xavier_uniform()
-        self.value_proj = _linear(dim, dim, ("embed", "heads"), xavier, zeros, rngs, dtype)
-        self.output_proj = _linear(dim, dim, ("heads", "embed"), xavier, zeros, rngs, dtype)
+
+        def offsets(key: jax.Array, shape: tuple[int, ...], dt: Dtype = jnp.float32) -> jax.Array:
+            return jnp.asarray(bias, dt)
+
+        kw = dict(rngs=rngs, dtype=dtype)
+        n = heads * levels * points
+        self.sampling_offsets = linear(dim, 2 * n, ("embed", None), kernel_init=zeros, bias_init=offsets, **kw)
+        self.attention_weights = linear(dim, n, ("embed", None), kernel_init=zeros, bias_init=zeros, **kw)
+        self.value_proj = linear(dim, dim, ("embed", "heads"), bias_init=zeros, **kw)
+        self.output_proj = linear(dim, dim, ("heads", "embed"), bias_init=zeros, **kw)
 
     def sampling(
         self, query: jax.Array, reference_points: jax.Array, spatial_shapes: Shapes

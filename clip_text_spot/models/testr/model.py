@@ -26,8 +26,9 @@ import numpy as np
 from flax import nnx
 
 from clip_text_spot.models.layers import Dtype
+from clip_text_spot.models.testr.init import XAVIER, linear, torch_bias_init, torch_kernel_init
 from clip_text_spot.models.testr.position import sine_position_1d, sine_position_2d
-from clip_text_spot.models.testr.transformer import XAVIER, DeformableTransformer, linear, torch_bias_init
+from clip_text_spot.models.testr.transformer import DeformableTransformer
 
 PRIOR_BIAS = float(-np.log((1 - 0.01) / 0.01))  # class-logit bias for a 1% prior
 
@@ -123,7 +124,7 @@ class MLP(nnx.Module):
         dims = [din] + [hidden] * (n - 1) + [dout]
         self.layers = nnx.List(
             [
-                linear(a, b, ("embed", "embed"), rngs=rngs, dtype=dtype, kernel_init=_torch_kernel_init())
+                linear(a, b, ("embed", "embed"), rngs=rngs, dtype=dtype, kernel_init=torch_kernel_init())
                 for a, b in zip(dims[:-1], dims[1:], strict=True)
             ]
         )
@@ -134,11 +135,6 @@ class MLP(nnx.Module):
             if i < len(self.layers) - 1:
                 x = jax.nn.relu(x)
         return x
-
-
-def _torch_kernel_init() -> nnx.initializers.Initializer:
-    """PyTorch's default Linear weight init (kaiming-uniform, a = sqrt(5)) = U(+-1/sqrt(fan_in))."""
-    return nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def inverse_sigmoid(x: jax.Array, eps: float = 1e-5) -> jax.Array:
@@ -205,7 +201,7 @@ class TESTR(nnx.Module):
             rngs=rngs,
             dtype=dtype,
         )
-        torch_kernel = _torch_kernel_init()
+        torch_kernel = torch_kernel_init()
         prior = nnx.initializers.constant(PRIOR_BIAS)
         self.ctrl_point_class = linear(
             d, 1, ("embed", None), rngs=rngs, dtype=dtype, kernel_init=torch_kernel, bias_init=prior

@@ -159,16 +159,12 @@ def config_from_official(
     heads: int = 8,
     enc_points: int | None = None,
     dec_points: int | None = None,
-    num_queries: int = 100,
     voc_size: int | None = None,
-    use_polygon: bool = True,
-    strides: tuple[int, ...] = (8, 16, 32),
-    backbone_channels: tuple[int, ...] = (512, 1024, 2048),
-    dropout: float = 0.1,
-    isolate_padding: bool = False,
-    dtype: str = "float32",
+    **fields: Any,
 ) -> TESTRConfig:
-    """A ``TESTRConfig`` from the (un-prefixed, backbone-free) official tensors and the keyword arguments."""
+    """A ``TESTRConfig`` from the (un-prefixed, backbone-free) official tensors: sizes from their shapes (the given
+    ``enc_points`` / ``dec_points`` / ``voc_size`` checked against them), ``heads`` and the other ``TESTRConfig``
+    ``fields`` (``num_queries``, ``use_polygon``, ``strides``, ``dropout``...) from the arguments."""
 
     def need(name: str) -> np.ndarray:
         if name not in sd:
@@ -199,7 +195,7 @@ def config_from_official(
         )
     n_proj = _count(sd, r"input_proj\.(\d+)\.0\.weight")
     if levels > 1:
-        backbone_channels = tuple(
+        fields["backbone_channels"] = tuple(
             int(need(f"input_proj.{i}.0.weight").shape[1])
             for i in range(n_proj)
             if need(f"input_proj.{i}.0.weight").shape[2:] == (1, 1)
@@ -213,16 +209,10 @@ def config_from_official(
         ffn=int(need("transformer.encoder.layers.0.linear1.weight").shape[0]),
         enc_points=enc_points,
         dec_points=dec_points,
-        num_queries=num_queries,
         ctrl_points=int(need("ctrl_point_embed.weight").shape[0]),
         chars=int(need("text_embed.weight").shape[0]),
         voc_size=texts - 1,
-        backbone_channels=backbone_channels,
-        strides=tuple(strides),
-        use_polygon=use_polygon,
-        dropout=dropout,
-        isolate_padding=isolate_padding,
-        dtype=dtype,
+        **fields,
     )
 
 
@@ -294,10 +284,10 @@ def from_official_testr(
         heads=heads,
         enc_points=enc_points,
         dec_points=dec_points,
-        num_queries=num_queries,
         voc_size=voc_size,
+        num_queries=num_queries,
         use_polygon=use_polygon,
-        strides=strides,
+        strides=tuple(strides),
         dropout=dropout,
         isolate_padding=isolate_padding,
         dtype=dtype,
