@@ -18,7 +18,7 @@ from flax import nnx, traverse_util
 from safetensors.numpy import load_file
 
 from clip_text_spot.models.clip.convert import CheckpointMismatchError
-from clip_text_spot.models.testr import from_official_testr
+from clip_text_spot.models.testr import TESTR, TESTRConfig, from_official_testr
 from clip_text_spot.models.testr.backbone import Frozen
 from clip_text_spot.models.testr.official import from_official_testr_detector
 
@@ -277,3 +277,38 @@ def test_detectron2_resnet_and_detector(ref, state):
     for got, exp in zip(feats, want, strict=True):
         np.testing.assert_allclose(np.asarray(got), exp, rtol=TOL, atol=TOL * max(1.0, float(np.abs(exp).max())))
     np.testing.assert_array_equal(np.asarray(out["pred_logits"]), np.asarray(direct["pred_logits"]))
+
+
+def test_fresh_model_trains():
+    """A randomly initialised TESTR in train mode (dropout on): one jitted gradient through encoder, top-k and
+    decoder is finite and reaches the zero-initialised sampling offsets, the extra level's conv and the character
+    queries."""
+    cfg = TESTRConfig(
+        dim=32, heads=2, levels=4, enc_layers=1, dec_layers=1, ffn=32, enc_points=2, dec_points=2, num_queries=4,
+        ctrl_points=4, chars=3, voc_size=5, backbone_channels=(8, 16, 32),
+    )  # fmt: skip
+    model = TESTR(cfg, rngs=nnx.Rngs(0))
+    assert float(model.ctrl_point_class.bias[0]) == pytest.approx(-4.59512, abs=1e-5)
+    assert not np.any(np.asarray(model.ctrl_point_coord.layers[-1].kernel[...]))
+    model.train()
+    rng = np.random.default_rng(0)
+    feats = [jnp.asarray(rng.normal(size=(2, 8 // s, 12 // s, c)), jnp.float32) for s, c in ((1, 8), (2, 16), (4, 32))]
+    sizes = jnp.asarray([[64, 96], [40, 72]], jnp.int32)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    @jax.jit
+    def grad(params, rest, key):
+        def loss(params):
+            out = nnx.merge(graphdef, params, rest).forward_features(feats, sizes, rngs=nnx.Rngs(dropout=key))
+            enc = out["enc_outputs"]["pred_logits"]
+            return sum(jnp.sum(out[k] ** 2) for k in ("pred_logits", "pred_ctrl_points", "pred_texts")) + enc.sum()
+
+        return jax.grad(loss)(params)
+
+    g = nnx.to_pure_dict(grad(params, rest, jax.random.key(1)))
+    leaves = jax.tree.leaves(g)
+    assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
+    layer = g["transformer"]["decoder_layers"][0]
+    assert np.abs(np.asarray(layer["attn_cross"]["sampling_offsets"]["kernel"])).max() > 0
+    assert np.abs(np.asarray(g["input_proj"][3]["conv"]["kernel"])).max() > 0
+    assert np.abs(np.asarray(g["text_embed"])).max() > 0
