@@ -20,10 +20,11 @@ or at the first unreadable input with ``--strict``.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import runpy
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -50,8 +51,8 @@ class Skips:
 
     ``read(name, load)`` returns ``load()``, or ``None`` when it raises ``ValueError`` or ``OSError`` (reader errors
     such as ``data.readers.common.ImageError`` are ``ValueError``\\ s): the input is then named on stderr and added to
-    ``skipped``; with ``strict`` an :class:`InputError` naming it is raised instead. ``require(n)`` raises when
-    ``n`` (the inputs that were read) is 0 and something was skipped or nothing was given.
+    ``skipped``; with ``strict`` an :class:`InputError` naming it is raised instead. ``require(n)`` raises
+    :class:`InputError` when ``n``, the number of inputs read, is 0; ``read_all`` reads a list of named inputs so.
     """
 
     def __init__(self, strict: bool = False):
@@ -66,6 +67,13 @@ class Skips:
             where = name or getattr(err, "where", None) or "input"
             self.skip(where, getattr(err, "message", None) or str(err))
             return None
+
+    def read_all(self, names: Iterable[str], load: Callable[[str], T], what: str = "input") -> list[tuple[str, T]]:
+        """``(name, load(name))`` for each of ``names`` that can be read; :class:`InputError` when none can."""
+        loaded = [(name, self.read(name, functools.partial(load, name))) for name in names]
+        kept = [(name, value) for name, value in loaded if value is not None]
+        self.require(len(kept), what)
+        return kept
 
     def skip(self, name: str, reason: str) -> None:
         """Report ``name`` as unreadable (or raise with ``strict``)."""

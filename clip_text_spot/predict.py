@@ -51,12 +51,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("give at least one image or directory")
     skips = Skips(_STRICT.value)
     try:
-        samples = []
-        for p in list_images(argv[1:]):
-            data = skips.read(p, lambda p=p: read_input_image(p))
-            if data is not None:
-                samples.append(DetSample(image=data, polygons=[], texts=[], ignore=[], name=p))
-        skips.require(len(samples), "image")
+        read = skips.read_all(list_images(argv[1:]), read_input_image, "image")
+        samples = [DetSample(image=data, polygons=[], texts=[], ignore=[], name=p) for p, data in read]
         config, task, model, step = restore_model(workdir, best=_BEST.value)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")

@@ -80,13 +80,8 @@ def _run(args: argparse.Namespace) -> int:
 
     logs.quiet_libraries()
     skips = Skips(args.strict)
-    paths, images = [], []
-    for path in list_images(args.inputs):
-        image = skips.read(path, lambda path=path: decode_image(read_input_image(path)))
-        if image is not None:
-            paths.append(path)
-            images.append(image)
-    skips.require(len(images), "image")
+    read = skips.read_all(list_images(args.inputs), lambda path: decode_image(read_input_image(path)), "image")
+    paths, images = [path for path, _ in read], [image for _, image in read]
     keys = [sample_key(p) for p in paths]
     if args.submission:
         if None in keys:

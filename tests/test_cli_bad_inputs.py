@@ -42,8 +42,7 @@ def test_unreadable_images_raise_errors_naming_them(tmp_path):
 def test_skips_report_each_input_and_fail_only_when_nothing_was_read(tmp_path, capsys):
     paths = write_bad_images(tmp_path)
     skips = Skips()
-    read = [skips.read(p, lambda p=p: read_input_image(p)) for p in [*paths, str(PHOTO)]]
-    assert read[:3] == [None] * 3 and read[3] == PHOTO.read_bytes()
+    assert skips.read_all([*paths, str(PHOTO)], read_input_image) == [(str(PHOTO), PHOTO.read_bytes())]
     assert skips.skipped == paths
     err = capsys.readouterr().err.splitlines()
     assert [line.split(":")[0] for line in err] == [f"skipped {p}" for p in paths]
