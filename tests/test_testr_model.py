@@ -25,6 +25,7 @@ from clip_text_spot.models.testr.official import from_official_testr_detector
 FIXTURE = pathlib.Path(os.environ.get("CTS_TESTR_FIXTURE", DATA / "testr_tiny"))
 CKPT = str(FIXTURE / "testr.safetensors")
 EFF = json.loads((FIXTURE / "config.json").read_text())["effective"]
+LAST = EFF["dec_layers"] - 1  # the last copy of the heads shared by all decoder layers
 TOL = 1e-5
 # compared where the mask (mask_l{i} / mask_flatten) is False
 MASKED = ("pos_l", "enc_layer", "memory", "msda_enc0_")
@@ -158,10 +159,13 @@ def state():
     ("edit", "message"),
     [
         (lambda sd: sd.pop("transformer.decoder.layers.0.norm_inter_text.bias"), r"missing .*0\.norm_inter_text\.bias"),
-        (lambda sd: sd.pop("transformer.decoder.layers.1.attn_intra.in_proj_weight"), r"1\.attn_intra\.in_proj_weight"),
+        (lambda sd: sd.pop("transformer.decoder.layers.0.attn_intra.in_proj_weight"), r"0\.attn_intra\.in_proj_weight"),
         (lambda sd: sd.update({"transformer.decoder.layers.0.extra.weight": np.zeros(3, np.float32)}), "extra.weight"),
         (lambda sd: sd.update({"text_embed.weight": sd["text_embed.weight"][:, :-1]}), "text_embed.weight"),
-        (lambda sd: sd.update({"ctrl_point_class.1.bias": sd["ctrl_point_class.1.bias"] + 1}), "ctrl_point_class"),
+        (
+            lambda sd: sd.update({f"ctrl_point_class.{LAST}.bias": sd[f"ctrl_point_class.{LAST}.bias"] + 1}),
+            "ctrl_point_class",
+        ),
         (lambda sd: sd.update({"transformer.bbox_embed.layers.0.bias": sd["bbox_coord.layers.0.bias"] * 2}), "bbox"),
         (lambda sd: sd.pop("transformer.level_embed"), "transformer.level_embed"),
     ],
