@@ -184,6 +184,11 @@ def test_wrong_hyper_parameters_are_named():
         load(voc_size=EFF["voc_size"] + 1)
 
 
+def test_pickles_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="never unpickles"):
+        from_official_testr(str(tmp_path / "model_final.pth"))
+
+
 def test_prefixed_checkpoint_and_inferred_sizes(state):
     model = from_official_testr({f"testr.{k}": v for k, v in state.items()}, heads=EFF["nhead"])
     cfg = model.config

@@ -29,6 +29,7 @@ from absl import logging
 from flax import nnx
 
 from clip_text_spot.models.clip.convert import (
+    PICKLE_SUFFIXES,
     CheckpointMismatchError,
     _count,
     assign_flat,
@@ -40,6 +41,14 @@ from clip_text_spot.models.testr.model import TESTR, TESTRConfig, TESTRDetector
 
 Flat = dict[str, np.ndarray]
 
+PICKLE_HELP = """\
+{path} is a pickle file; clip_text_spot never unpickles (it can run arbitrary code).
+Re-save the detectron2 TESTR checkpoint once, on a machine with PyTorch, as safetensors:
+
+  python -c "import torch; from safetensors.torch import save_file; \\
+      ck = torch.load('pretrain_testr_R_50_polygon.pth', map_location='cpu', weights_only=False); \\
+      sd = ck.get('model', ck); save_file({{k: v.float().contiguous() for k, v in sd.items()}}, 'testr.safetensors')"
+"""
 BACKBONE_PREFIX = "backbone."
 # detectron2 ResNet tensors inside a TESTR checkpoint (Joiner -> MaskedBackbone -> ResNet), or under an FPN's bottom_up
 RESNET_PREFIXES = ("backbone.0.backbone.", "backbone.bottom_up.")
@@ -216,6 +225,13 @@ def config_from_official(
     )
 
 
+def read_testr_state(path: str) -> Flat:
+    """The tensors of an official TESTR checkpoint re-saved as ``.safetensors`` (pickles refused with the recipe)."""
+    if path.endswith(PICKLE_SUFFIXES):
+        raise ValueError(PICKLE_HELP.format(path=path))
+    return read_official_state(path)
+
+
 def split_official_state(sd: Flat) -> tuple[Flat, Flat]:
     """(TESTR tensors, ``backbone.*`` tensors), both without the detectron2 ``testr.`` prefix."""
     sd = {k.removeprefix("testr."): v for k, v in sd.items()}
@@ -275,7 +291,7 @@ def from_official_testr(
 ) -> TESTR:
     """A ``TESTR`` (eval mode) holding an official checkpoint (a ``.safetensors`` path or a state dict); see the
     module docstring for what is inferred and what the keyword arguments set."""
-    raw = read_official_state(path) if isinstance(path, str) else dict(path)
+    raw = read_testr_state(path) if isinstance(path, str) else dict(path)
     sd, backbone = split_official_state(raw)
     if backbone:
         logging.info("from_official_testr: %d backbone tensors are not part of TESTR; skipped", len(backbone))
@@ -327,7 +343,7 @@ def from_official_testr_detector(
 ) -> TESTRDetector:
     """The whole official detector: detectron2 ResNet (``backbone.0.backbone.*``) + TESTR, eval mode.
     ``testr_kwargs`` go to ``from_official_testr``."""
-    raw = read_official_state(path) if isinstance(path, str) else dict(path)
+    raw = read_testr_state(path) if isinstance(path, str) else dict(path)
     sd = {k.removeprefix("testr."): v for k, v in raw.items()}
     prefix = next((p for p in RESNET_PREFIXES if any(k.startswith(p) for k in sd)), None)
     if prefix is None:
