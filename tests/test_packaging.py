@@ -68,11 +68,14 @@ def test_wheel_installs_and_runs_from_another_directory(wheel, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     check = (
         "import clip_text_spot; from clip_text_spot.models.clip.tokenizer import CLIPTokenizer; "
-        "print(clip_text_spot.__file__); print(CLIPTokenizer(context_length=8)('a photo')['input_ids'].tolist())"
+        "print(clip_text_spot.__file__); print(CLIPTokenizer(context_length=8)('a photo')['input_ids'].tolist()); "
+        f"from clip_text_spot.cli import expose_config_package; expose_config_package(['--config={ROOT}/configs/"
+        "fasttcm.py:demo']); from configs import fasttcm; print(fasttcm.get_config('demo').task)"
     )
     out = run([python, "-c", check], cwd=elsewhere, env=env).stdout.splitlines()
     assert Path(out[0]).is_relative_to(purelib)  # the installed copy, with its bundled BPE vocabulary
     assert out[1] == "[[49406, 320, 1125, 49407, 0, 0, 0, 0]]"  # OpenAI clip.tokenize("a photo")
+    assert out[2] == "fasttcm"  # a config of the checkout, importing configs.common, from another directory
     script = venv / "bin" / "clip-text-spot"
     usage = run([script, "--help"], cwd=elsewhere, env=env).stdout
     assert all(f"  {c} " in usage for c in ("train", "predict", "predict-rec", "spot", "evaluate", "convert"))
