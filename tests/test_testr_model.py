@@ -341,7 +341,8 @@ def test_parameter_gradients_match_official(ref):
     @jax.jit
     def grads(params, feats, sizes):
         def loss(params):
-            return criterion_loss(nnx.merge(graphdef, params, rest).forward_features(feats, sizes), targets, loss_cfg)[0]
+            out = nnx.merge(graphdef, params, rest).forward_features(feats, sizes)
+            return criterion_loss(out, targets, loss_cfg)[0]
 
         return jax.value_and_grad(loss)(params)
 
