@@ -9,9 +9,9 @@ same). Each sub-command runs its module exactly as ``python -m clip_text_spot.MO
 command line, so options, help and exit status are the module's own.
 
 ``train`` takes ``--config`` as a path, as ``clip_text_spot.main`` does; the configs are not part of the installed
-package (they live in the checkout's ``configs/``). Since config files import their siblings as ``configs.X``, the
-folder holding the file is made importable as ``configs`` first, so ``--config=/path/to/checkout/configs/NAME.py``
-works from any directory.
+package (they live in the checkout's ``configs/``). Since config files import their siblings as ``configs.X``,
+``main`` makes the folder holding the file importable as ``configs`` first (:func:`expose_config_package`), so
+``--config=/path/to/checkout/configs/NAME.py`` works from any directory.
 
 :class:`Skips` is the one policy for unreadable inputs (``predict``, ``predict_rec``, ``spot``, ``evaluate``): each
 one is named on stderr and listed in the JSON summary's ``skipped``; the run fails only when nothing could be read,
@@ -125,8 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         print(f"clip-text-spot: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module, _ = COMMANDS[argv[0]]
-    if argv[0] == "train":
-        expose_config_package(argv[1:])
     sys.argv = [f"clip-text-spot {argv[0]}", *argv[1:]]
     runpy.run_module(module, run_name="__main__", alter_sys=False)
     return 0

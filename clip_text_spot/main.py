@@ -123,4 +123,7 @@ def resolve_stage_refs(config: ml_collections.ConfigDict, workdir: str) -> ml_co
 
 
 if __name__ == "__main__":
+    from clip_text_spot.cli import expose_config_package
+
+    expose_config_package(sys.argv[1:])  # config files import ``configs.common``: works from any directory
     app.run(main)
