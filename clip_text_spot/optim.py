@@ -4,7 +4,8 @@
 
     name: "adamw" | "adam" | "ranger" (RAdam + Lookahead, TCM's optimiser) | "sgd"
     lr, weight_decay, b1, b2, eps, grad_clip (global norm, 0 = off), accumulate (gradient accumulation steps)
-    schedule: "poly" (power ``poly_power``, floor ``min_lr``; mmocr's) | "cosine" | "constant"; warmup_steps
+    schedule: "poly" (power ``poly_power``, floor ``min_lr``; mmocr's) | "cosine" | "constant" | "multistep" (lr x
+              ``gamma`` at each of ``milestones``; detectron2's WarmupMultiStepLR); warmup_steps
     groups: [(regex, multiplier)] — first match on the parameter path ("text_model/encoder/..."); multiplier 0.0
             freezes (updates are exactly zero, no weight decay), e.g. [("^clip/text_model", 0.0), ("^clip/vision", 0.1)]
     no_decay: regex of paths without weight decay (norms, biases, embeddings by default)
@@ -37,8 +38,11 @@ def schedule(cfg: Any, total_steps: int) -> optax.Schedule:
         main = optax.cosine_decay_schedule(cfg.lr, decay_steps)
     elif name == "constant":
         main = optax.constant_schedule(cfg.lr)
+    elif name == "multistep":
+        gamma = float(cfg.get("gamma", 0.1))
+        main = optax.piecewise_constant_schedule(cfg.lr, {int(m) - warmup: gamma for m in cfg.get("milestones", ())})
     else:
-        raise ValueError(f"config.optim.schedule must be poly, cosine or constant; got {name!r}")
+        raise ValueError(f"config.optim.schedule must be poly, cosine, constant or multistep; got {name!r}")
     if not warmup:
         return main
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), main], [warmup])
