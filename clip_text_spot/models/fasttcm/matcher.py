@@ -36,13 +36,16 @@ def tokenize_prompts(prompts: tuple[str, ...], length: int) -> tuple[tuple[int, 
     return tuple(tuple(int(i) for i in row) for row in ids)
 
 
-class TCMMatcher(nnx.Module):
-    """Image-text matching part of TCM-DBNet / FastTCM-DBNet.
+class TextPrompting(nnx.Module):
+    """TCM's prompt modules around a visual feature space of width C (``config.clip.embed_dim``): the CLIP text
+    tower with learnable contexts, the language prompt generator (FastTCM: fed by a learned ``meta_query``), BSM
+    (FastTCM), the visual prompt generator, the context decoder and their residual scales. One implementation
+    serves the DBNet detector (``TCMMatcher``: C = the attention pool's joint space) and the TESTR spotter
+    (``models.testr.tcm``: C = res4's channels); ``config.clip.vision`` is not used here.
 
     ``prompt_ids`` int [K, prompt_length] overrides the tokenised ``config.prompt_texts`` (e.g. a checkpoint's own
-    vocabulary); they are kept as static data (a tuple), not as a variable. Call ``model.eval()`` for inference
-    (BatchNorm running statistics, no dropout) and ``model.train()`` to train; in train mode ``match`` needs
-    ``rngs`` (an ``nnx.Rngs`` with a ``dropout`` stream, or a key) for the decoders' dropout.
+    vocabulary); they are kept as static data (a tuple), not as a variable. In train mode the decoders' dropout
+    needs ``rngs`` (an ``nnx.Rngs`` with a ``dropout`` stream, or a key).
     """
 
     def __init__(self, config: FastTCMConfig, *, rngs: nnx.Rngs, prompt_ids: np.ndarray | None = None):
@@ -56,7 +59,6 @@ class TCMMatcher(nnx.Module):
             if ids.ndim != 2 or ids.shape[1] != config.prompt_length:
                 raise ValueError(f"prompt_ids must be int [K, {config.prompt_length}], got shape {ids.shape}")
             self.prompt_ids = tuple(tuple(int(i) for i in row) for row in ids)
-        self.backbone = ModifiedResNet(config.clip.vision, c, rngs=rngs, dtype=dtype)
         self.text_encoder = ContextTextEncoder(config.text_config, c, rngs=rngs, dtype=dtype)
         self.contexts = (
             nnx.Param(
@@ -112,11 +114,95 @@ class TCMMatcher(nnx.Module):
 
     @compiled
     def precompute_text(self) -> jax.Array:
-        """FastTCM only: the text-encoder output [1, K, C], constant for a set of weights; pass it to
-        ``match(..., text_cache=...)`` to run inference without the text tower."""
+        """FastTCM only: the text-encoder output [1, K, C], constant for a set of weights; pass it to the matching
+        call's ``text_cache`` to run inference without the text tower."""
         if not self.config.fast:
-            raise ValueError("precompute_text needs a FastTCM matcher (config.fast=True): TCM's text is per image")
+            raise ValueError("precompute_text needs a FastTCM model (config.fast=True): TCM's text is per image")
         return self._text(self._cue(self._meta_query()))
+
+    def _check_call(self, text_cache: jax.Array | None, rngs: nnx.Rngs | jax.Array | None) -> nnx.Rngs | None:
+        """Validates ``text_cache`` / ``rngs`` for a matching call; a key becomes ``nnx.Rngs(dropout=key)``."""
+        if text_cache is not None and not self.config.fast:
+            raise ValueError("text_cache is only valid for FastTCM (config.fast=True)")
+        if isinstance(rngs, jax.Array):
+            rngs = nnx.Rngs(dropout=rngs)
+        if rngs is None and self._dropout_active():
+            raise ValueError(f"{type(self).__name__} in train mode needs rngs= (an nnx.Rngs or a key) for dropout")
+        return rngs
+
+    def load_clip_text(self, clip: CLIP) -> None:
+        """Overwrite the text tower in place with a loaded CLIP model's (positions truncated to
+        ``prompt_length + n_ctx`` rows, as the official code does at load); the other modules keep their values."""
+        config = self.config
+        _check_same(
+            clip.config.text, config.clip.text, ("vocab_size", "width", "layers", "heads", "mlp_dim", "act"), "text"
+        )
+        if clip.config.embed_dim != config.clip.embed_dim:
+            raise ValueError(f"CLIP embed_dim {clip.config.embed_dim} != the FastTCM config's {config.clip.embed_dim}")
+        text = model_flat_state(clip.text_model)
+        pos = "embeddings/position_embedding/embedding"
+        length = config.text_config.context_length
+        if text[pos].shape[0] < length:
+            raise ValueError(f"CLIP text positions ({text[pos].shape[0]}) are fewer than prompt + contexts ({length})")
+        text[pos] = text[pos][:length]
+        assign_flat(self.text_encoder.text_model, text, "CLIP text tower")
+        assign_flat(self.text_encoder.text_projection, model_flat_state(clip.text_projection), "CLIP text_projection")
+
+    def match_tokens(
+        self,
+        global_feat: jax.Array,
+        pixels: jax.Array,
+        text_cache: jax.Array | None = None,
+        *,
+        rngs: nnx.Rngs | None = None,
+        valid: jax.Array | None = None,
+    ) -> dict[str, jax.Array]:
+        """Text prompting and matching on visual tokens: ``global_feat`` [B, C], ``pixels`` [B, N, C] (float32) ->
+        dict of float32 ``prompt_gen`` [B, D] (absent without a generator), ``text_from_encoder``,
+        ``text_after_bsm`` (= the former for TCM) [B, K, C], ``vis_prompt_diff`` [B, N, C] (VPG output),
+        ``visual_after_vpg`` [B, N, C], ``text_diff`` (context-decoder output), ``text_final`` [B, K, C] and the
+        cosine ``score`` [B, N, K]. ``valid`` [B, N] (True = a real pixel) keeps padded tokens out of the decoders'
+        keys (None: every token is a key, as the official code on a padded batch)."""
+        b, _, c = pixels.shape
+        out = {}
+        cue = self._cue(self._meta_query() if self.config.fast else global_feat)
+        text = self._text(cue) if text_cache is None else jnp.asarray(text_cache, jnp.float32)
+        if cue is not None:
+            out["prompt_gen"] = jnp.broadcast_to(cue.astype(jnp.float32), (b, cue.shape[-1]))
+        text = jnp.broadcast_to(text, (b, *text.shape[1:]))
+        out["text_from_encoder"] = text
+        if self.config.fast:
+            g_match = global_feat if self.pix_w is None else global_feat @ self.pix_w[...]
+            text = bimodal_similarity_matching(g_match, text)
+        out["text_after_bsm"] = text
+
+        visual_context = jnp.concatenate([global_feat[:, None, :], pixels], axis=1)
+        context_valid = None if valid is None else jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)
+        if self.visual_prompt_generator is not None:
+            diff = self.visual_prompt_generator(pixels, text, rngs=rngs, query_valid=valid).astype(jnp.float32)
+            out["vis_prompt_diff"] = diff
+            pixels = pixels + self.vis_gamma[...] * diff
+        out["visual_after_vpg"] = pixels
+        if self.context_decoder is not None:
+            diff = self.context_decoder(text, visual_context, rngs=rngs, memory_valid=context_valid)
+            out["text_diff"] = diff.astype(jnp.float32)
+            text = text + self.gamma[...] * out["text_diff"]
+        out["text_final"] = text
+        out["score"] = jnp.einsum("bnc,bkc->bnk", l2_normalize(pixels), l2_normalize(text), precision="highest")
+        return out
+
+
+class TCMMatcher(TextPrompting):
+    """Image-text matching part of TCM-DBNet / FastTCM-DBNet: CLIP's ModifiedResNet (``backbone``) with the dense
+    attention pool, whose global feature and local map feed ``TextPrompting``.
+
+    Call ``model.eval()`` for inference (BatchNorm running statistics, no dropout) and ``model.train()`` to train;
+    in train mode ``match`` needs ``rngs`` for the decoders' dropout.
+    """
+
+    def __init__(self, config: FastTCMConfig, *, rngs: nnx.Rngs, prompt_ids: np.ndarray | None = None):
+        self.backbone = ModifiedResNet(config.clip.vision, config.clip.embed_dim, rngs=rngs, dtype=config.dtype)
+        super().__init__(config, rngs=rngs, prompt_ids=prompt_ids)
 
     @compiled
     def match(
@@ -134,40 +220,16 @@ class TCMMatcher(nnx.Module):
         ``text_cache`` (FastTCM, from ``precompute_text``) skips the text tower. ``rngs``: dropout randomness in
         train mode (a key is wrapped as ``nnx.Rngs(dropout=key)``).
         """
-        if text_cache is not None and not self.config.fast:
-            raise ValueError("text_cache is only valid for FastTCM (config.fast=True)")
-        if isinstance(rngs, jax.Array):
-            rngs = nnx.Rngs(dropout=rngs)
-        if rngs is None and self._dropout_active():
-            raise ValueError("TCMMatcher.match in train mode needs rngs= (an nnx.Rngs or a key) for decoder dropout")
+        rngs = self._check_call(text_cache, rngs)
         feats, global_feat, local = self.backbone.dense(images.astype(self.config.dtype))
         feats = [f.astype(jnp.float32) for f in feats]
         g, local = global_feat.astype(jnp.float32), local.astype(jnp.float32)
         b, h, w, c = local.shape
         out = {"c2": feats[0], "c3": feats[1], "c4": feats[2], "c5": feats[3], "global_feat": g, "local_feat": local}
-
-        cue = self._cue(self._meta_query() if self.config.fast else g)
-        text = self._text(cue) if text_cache is None else jnp.asarray(text_cache, jnp.float32)
-        if cue is not None:
-            out["prompt_gen"] = jnp.broadcast_to(cue.astype(jnp.float32), (b, cue.shape[-1]))
-        text = jnp.broadcast_to(text, (b, *text.shape[1:]))
-        out["text_from_encoder"] = text
-        if self.config.fast:
-            g_match = g if self.pix_w is None else g @ self.pix_w[...]
-            text = bimodal_similarity_matching(g_match, text)
-        out["text_after_bsm"] = text
-
-        pixels = local.reshape(b, h * w, c)
-        visual_context = jnp.concatenate([g[:, None, :], pixels], axis=1)
-        if self.visual_prompt_generator is not None:
-            diff = self.visual_prompt_generator(pixels, text, rngs=rngs).astype(jnp.float32)
-            pixels = pixels + self.vis_gamma[...] * diff
-        out["visual_after_vpg"] = pixels.reshape(b, h, w, c)
-        if self.context_decoder is not None:
-            text = text + self.gamma[...] * self.context_decoder(text, visual_context, rngs=rngs).astype(jnp.float32)
-        out["text_final"] = text
-        score = jnp.einsum("bnc,bkc->bnk", l2_normalize(pixels), l2_normalize(text), precision="highest")
-        out["score_map"] = score.reshape(b, h, w, -1)
+        matched = self.match_tokens(g, local.reshape(b, h * w, c), text_cache, rngs=rngs)
+        out.update({k: v for k, v in matched.items() if k not in ("score", "vis_prompt_diff", "text_diff")})
+        out["visual_after_vpg"] = matched["visual_after_vpg"].reshape(b, h, w, c)
+        out["score_map"] = matched["score"].reshape(b, h, w, -1)
         return out
 
     def load_clip(self, clip: CLIP) -> None:
@@ -177,26 +239,8 @@ class TCMMatcher(nnx.Module):
         ``config.grid`` and the text positions truncated to ``prompt_length + n_ctx`` rows, as the official code does
         at load. The other modules keep their values.
         """
-        config = self.config
-        if not clip.is_resnet:
-            raise ValueError("TCMMatcher.load_clip needs a CLIP with a ModifiedResNet image tower")
-        _check_same(clip.config.vision, config.clip.vision, ("layers", "width", "heads", "eps"), "vision")
-        _check_same(
-            clip.config.text, config.clip.text, ("vocab_size", "width", "layers", "heads", "mlp_dim", "act"), "text"
-        )
-        if clip.config.embed_dim != config.clip.embed_dim:
-            raise ValueError(f"CLIP embed_dim {clip.config.embed_dim} != the FastTCM config's {config.clip.embed_dim}")
-        vision = model_flat_state(clip.vision_model)
-        vision["attnpool/positional_embedding"] = clip.vision_model.attnpool.positions((config.grid, config.grid))
-        assign_flat(self.backbone, vision, "CLIP image tower")
-        text = model_flat_state(clip.text_model)
-        pos = "embeddings/position_embedding/embedding"
-        length = config.text_config.context_length
-        if text[pos].shape[0] < length:
-            raise ValueError(f"CLIP text positions ({text[pos].shape[0]}) are fewer than prompt + contexts ({length})")
-        text[pos] = text[pos][:length]
-        assign_flat(self.text_encoder.text_model, text, "CLIP text tower")
-        assign_flat(self.text_encoder.text_projection, model_flat_state(clip.text_projection), "CLIP text_projection")
+        load_clip_image(self.backbone, clip, self.config)
+        self.load_clip_text(clip)
 
     @classmethod
     def from_clip(
@@ -206,6 +250,19 @@ class TCMMatcher(nnx.Module):
         model = cls(config, rngs=rngs, prompt_ids=prompt_ids)
         model.load_clip(clip)
         return model
+
+
+def load_clip_image(backbone: ModifiedResNet, clip: CLIP, config: FastTCMConfig) -> None:
+    """Overwrite a ModifiedResNet in place with a loaded CLIP ResNet's image tower, the attention-pool positions
+    resized bilinearly (PyTorch semantics, no antialiasing) from CLIP's grid to ``config.grid``."""
+    if not clip.is_resnet:
+        raise ValueError("loading a TCM image backbone needs a CLIP with a ModifiedResNet image tower")
+    _check_same(clip.config.vision, config.clip.vision, ("layers", "width", "heads", "eps"), "vision")
+    if clip.config.embed_dim != config.clip.embed_dim:
+        raise ValueError(f"CLIP embed_dim {clip.config.embed_dim} != the FastTCM config's {config.clip.embed_dim}")
+    vision = model_flat_state(clip.vision_model)
+    vision["attnpool/positional_embedding"] = clip.vision_model.attnpool.positions((config.grid, config.grid))
+    assign_flat(backbone, vision, "CLIP image tower")
 
 
 def _trunc_normal(std: float):

@@ -60,9 +60,17 @@ class DecoderLayer(nnx.Module):
         self.drop_cross = nnx.Dropout(dropout)
         self.drop_mlp = nnx.Dropout(dropout)
 
-    def __call__(self, x: jax.Array, memory: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-        x = x + self.drop_self(self.self_attn(self.norm1(x)), rngs=rngs)
-        x = x + self.drop_cross(self.cross_attn(self.norm2(x), memory), rngs=rngs)
+    def __call__(
+        self,
+        x: jax.Array,
+        memory: jax.Array,
+        rngs: nnx.Rngs | None = None,
+        self_mask: jax.Array | None = None,
+        memory_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """``self_mask`` / ``memory_mask``: boolean, broadcastable to [B, heads, Lq, Lk], True = may attend."""
+        x = x + self.drop_self(self.self_attn(self.norm1(x), mask=self_mask), rngs=rngs)
+        x = x + self.drop_cross(self.cross_attn(self.norm2(x), memory, mask=memory_mask), rngs=rngs)
         return x + self.drop_mlp(self.mlp(self.norm3(x), rngs=rngs), rngs=rngs)
 
 
@@ -83,11 +91,22 @@ class ContextDecoder(nnx.Module):
         )
         self.out_proj = NormLinear(w, visual_dim, ("embed", "joint"), rngs=rngs, dtype=dtype)
 
-    def __call__(self, queries: jax.Array, memory: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+    def __call__(
+        self,
+        queries: jax.Array,
+        memory: jax.Array,
+        rngs: nnx.Rngs | None = None,
+        query_valid: jax.Array | None = None,
+        memory_valid: jax.Array | None = None,
+    ) -> jax.Array:
+        """``query_valid`` [B, Nq] / ``memory_valid`` [B, Nm] (True = a real token; None = all) keep padded tokens
+        out of the self-attention / cross-attention keys."""
+        self_mask = None if query_valid is None else query_valid[:, None, None, :]
+        memory_mask = None if memory_valid is None else memory_valid[:, None, None, :]
         memory = self.memory_proj(memory)
         x = self.text_proj(queries)
         for layer in self.decoder:
-            x = layer(x, memory, rngs=rngs)
+            x = layer(x, memory, rngs=rngs, self_mask=self_mask, memory_mask=memory_mask)
         return self.out_proj(x)
 
 

@@ -136,6 +136,33 @@ def config_from_official(
         heads=pool_heads,
         image_size=grid * 32,
     )
+    embed_dim = _need(sd, "backbone.attnpool.c_proj.weight").shape[0]
+    return prompting_config_from_official(
+        sd,
+        vision=vision,
+        embed_dim=embed_dim,
+        fast=fast,
+        text_heads=text_heads,
+        decoder_heads=decoder_heads,
+        dropout=dropout,
+        dtype=dtype,
+    )
+
+
+def prompting_config_from_official(
+    sd: Flat,
+    *,
+    vision: ResNetConfig,
+    embed_dim: int,
+    fast: bool,
+    text_heads: int = 8,
+    decoder_heads: int = 4,
+    dropout: float = 0.1,
+    dtype: str = "float32",
+) -> FastTCMConfig:
+    """The ``FastTCMConfig`` of an official checkpoint's prompt modules (text tower, contexts, prompt generator,
+    decoders, FastTCM tensors) around a visual space of width ``embed_dim``; ``vision`` is stored as given (the
+    TESTR spotter's CLIP side has no image tower of its own)."""
     text_width = _need(sd, "text_encoder.ln_final.weight").shape[0]
     text = TextConfig(
         vocab_size=_need(sd, "text_encoder.token_embedding.weight").shape[0],
@@ -145,7 +172,6 @@ def config_from_official(
         mlp_dim=_need(sd, "text_encoder.transformer.resblocks.0.mlp.c_fc.weight").shape[0],
         context_length=_need(sd, "text_encoder.positional_embedding").shape[0],
     )
-    embed_dim = _need(sd, "backbone.attnpool.c_proj.weight").shape[0]
     n_ctx = sd["contexts"].shape[1] if "contexts" in sd else 0
     if text.context_length - n_ctx < 2:
         raise CheckpointMismatchError(

@@ -13,6 +13,10 @@ Shared modules appear under several official names (``ctrl_point_class.{0..n-1}`
 the same values. ``text_pos_embed.inv_freq`` is a fixed buffer, checked against the formula. PyTorch's packed
 ``in_proj_weight`` is split into q / k / v. Backbone tensors (``backbone.*``) are not part of this model and are
 skipped. A missing, unexpected or mis-shaped tensor is an error naming it (official name). Pickles are refused.
+
+TESTR-CLIP checkpoints (TCM's ``CLIPTransformerDetector``) hold the same TESTR tensors plus the CLIP side under
+``backbone.0.`` (text tower, contexts, prompt generator, decoders, residual scales): ``from_official_testr_clip``
+loads both into a ``TESTRTCM`` (the CLIP names through ``models.fasttcm.official``, shared with TCM-DBNet).
 """
 
 from __future__ import annotations
@@ -35,9 +39,13 @@ from clip_text_spot.models.clip.convert import (
     assign_flat,
     model_flat_state,
 )
+from clip_text_spot.models.fasttcm import official as fasttcm_official
+from clip_text_spot.models.fasttcm.config import FastTCMConfig, default_clip
+from clip_text_spot.models.fasttcm.matcher import TextPrompting
 from clip_text_spot.models.fasttcm.official import read_official_state
 from clip_text_spot.models.testr.backbone import STAGES, ResNet, ResNetConfig
 from clip_text_spot.models.testr.model import TESTR, TESTRConfig, TESTRDetector
+from clip_text_spot.models.testr.tcm import TESTRTCM, TESTRTCMConfig
 
 Flat = dict[str, np.ndarray]
 
@@ -52,6 +60,8 @@ Re-save the detectron2 TESTR checkpoint once, on a machine with PyTorch, as safe
 BACKBONE_PREFIX = "backbone."
 # detectron2 ResNet tensors inside a TESTR checkpoint (Joiner -> MaskedBackbone -> ResNet), or under an FPN's bottom_up
 RESNET_PREFIXES = ("backbone.0.backbone.", "backbone.bottom_up.")
+CLIP_PREFIX = "backbone.0."  # TESTR-CLIP: CLIPMaskedBackbone's own tensors (beside its ResNet)
+UNUSED_CLIP = ("score_map_concat_gamma",)
 # official module path -> ours (on the name without its leaf; first match wins)
 _RULES = [
     (r"^input_proj\.(\d+)\.0$", r"input_proj/\1/conv"),
@@ -312,6 +322,97 @@ def from_official_testr(
     model = _zeros_model(_build_testr, config)
     source = path if isinstance(path, str) else "official TESTR state dict"
     _check_assign(model, flat, origin, source, f"TESTR {config}")
+    model.eval()
+    return model
+
+
+def split_clip_state(backbone: Flat) -> tuple[Flat, Flat]:
+    """(TESTR-CLIP's own tensors with the ``backbone.0.`` prefix removed, the other ``backbone.*`` tensors) of the
+    ``backbone.*`` part of a checkpoint (``CLIPMaskedBackbone``: ``backbone.0.text_encoder.*``, ``contexts``, ...
+    beside its detectron2 ResNet ``backbone.0.backbone.*``)."""
+    is_clip = {k: k.startswith(CLIP_PREFIX) and not k.startswith(RESNET_PREFIXES) for k in backbone}
+    clip = {k.removeprefix(CLIP_PREFIX): v for k, v in backbone.items() if is_clip[k]}
+    return clip, {k: v for k, v in backbone.items() if not is_clip[k]}
+
+
+def _build_prompting(config: FastTCMConfig, prompt_ids: tuple | None) -> TextPrompting:
+    return TextPrompting(config, rngs=nnx.Rngs(0), prompt_ids=None if prompt_ids is None else np.asarray(prompt_ids))
+
+
+def from_official_testr_clip(
+    path: str | Flat,
+    *,
+    fast: bool = False,
+    text_heads: int = 8,
+    decoder_heads: int = 4,
+    prompt_ids: np.ndarray | None = None,
+    clip_dropout: float = 0.1,
+    pixel_target: str = "binary",
+    pix_loss_weight: float = 1.0,
+    stride_in_1x1: bool = False,
+    freeze_at: int = 2,
+    **testr_kwargs,
+) -> TESTRTCM:
+    """A ``TESTRTCM`` (eval mode, ``backbone="r50"``) holding an official TESTR-CLIP checkpoint (TCM's
+    ``CLIPTransformerDetector``; ``fast=True`` for an ``is_v2`` one, whose ``pix_w`` must then be [C, C]: the
+    released [1024, 512] one cannot run, tcm.md §2.5).
+
+    TESTR's tensors load as in ``from_official_testr`` (``testr_kwargs`` go there; ``isolate_padding`` defaults to
+    True here, False reproduces the official code on padded batches); the CLIP side (``backbone.0.text_encoder.*``,
+    ``contexts``, ``prompt_generator.*``, ``visual_prompt_generator.*``, ``context_decoder.*``, ``gamma``,
+    ``vis_gamma``, ``meta_query``, ``pix_w``) as in ``models.fasttcm.official`` (sizes from shapes; CLIP text heads
+    ``text_heads``, decoder heads ``decoder_heads``; ``prompt_ids`` [1, L]: the tokenised prompt, None = OpenAI's
+    tokenizer on the code's prompt); ``score_map_concat_gamma`` (used only with ``use_score_map_concat_gamma``,
+    off in every released config) is skipped. The detectron2 ResNet (``backbone.0.backbone.*``) becomes the
+    backbone when present; without it the model runs ``forward_features`` on given res3..res5."""
+    raw = read_testr_state(path) if isinstance(path, str) else dict(path)
+    sd = {k.removeprefix("testr."): v for k, v in raw.items()}
+    testr_sd, backbone_sd = split_official_state(sd)
+    clip_sd, resnet_sd = split_clip_state(backbone_sd)
+    if not clip_sd:
+        raise CheckpointMismatchError(f"no TESTR-CLIP tensors ({CLIP_PREFIX}text_encoder.* ...) in the checkpoint")
+    clip_sd = {k: v for k, v in clip_sd.items() if k not in UNUSED_CLIP}
+    if "logit_scale" in clip_sd:
+        raise CheckpointMismatchError("logit_scale (scale_matching_score_map=True) is not supported")
+    testr_kwargs.setdefault("isolate_padding", True)
+    testr = from_official_testr(testr_sd, **testr_kwargs)
+    text_proj = fasttcm_official._need(clip_sd, "text_encoder.text_projection")
+    prompting = fasttcm_official.prompting_config_from_official(
+        clip_sd,
+        vision=default_clip().vision,
+        embed_dim=int(text_proj.shape[1]),
+        fast=fast,
+        text_heads=text_heads,
+        decoder_heads=decoder_heads,
+        dropout=clip_dropout,
+        dtype=testr.config.dtype,
+    )
+    if prompt_ids is None and prompting.clip.text.vocab_size != 49408:
+        raise ValueError(
+            f"the checkpoint's vocabulary has {prompting.clip.text.vocab_size} tokens, not OpenAI's 49408: "
+            "pass prompt_ids tokenised with its own tokenizer"
+        )
+    ids = None if prompt_ids is None else tuple(tuple(int(i) for i in row) for row in np.asarray(prompt_ids))
+    clip = _zeros_model(_build_prompting, prompting, ids)
+    source = path if isinstance(path, str) else "official TESTR-CLIP state dict"
+    assign_flat(clip, fasttcm_official.official_to_flat(clip_sd), f"{source} (CLIP side)")
+    backbone = None
+    resnet_prefix = next((p for p in RESNET_PREFIXES if any(k.startswith(p) for k in resnet_sd)), None)
+    if resnet_prefix is not None:
+        resnet = {k.removeprefix(resnet_prefix): v for k, v in resnet_sd.items() if k.startswith(resnet_prefix)}
+        backbone = resnet_from_official(resnet, stride_in_1x1=stride_in_1x1, freeze_at=freeze_at)
+    stray = sorted(k for k in resnet_sd if resnet_prefix is None or not k.startswith(resnet_prefix))
+    if stray:
+        raise CheckpointMismatchError(f"unexpected backbone tensor(s): {stray[:12]}")
+    config = TESTRTCMConfig(
+        testr=testr.config,
+        prompting=prompting,
+        backbone="r50",
+        resnet=backbone.cfg if backbone is not None else ResNetConfig(),
+        pixel_target=pixel_target,
+        pix_loss_weight=pix_loss_weight,
+    )
+    model = TESTRTCM(config, backbone, clip, testr)
     model.eval()
     return model
 
