@@ -1,10 +1,13 @@
 """Read word crops with a fine-tuned DPTR recogniser.
 
-    python -m clip_text_spot.predict_rec --workdir=DIR | --checkpoint=DIR [IMAGE_OR_DIR ...] [--lmdb=DIR]
-        [--labels=FILE] [--output=FILE] [--best] [--batch_size=64] [--convention=parseq] [--strict]
+    python -m clip_text_spot.predict_rec --workdir=DIR | --checkpoint=DIR|FILE.safetensors [IMAGE_OR_DIR ...]
+        [--lmdb=DIR] [--labels=FILE] [--output=FILE] [--best] [--batch_size=64] [--convention=parseq] [--strict]
 
 ``--workdir``: a training workdir (its latest checkpoint, or the best one with ``--best``; for a multi-stage demo
-workdir, its ``finetune`` stage); ``--checkpoint``: a workdir or one step directory (``WORKDIR/ckpt/<step>``).
+workdir, its ``finetune`` stage); ``--checkpoint``: a workdir, one step directory (``WORKDIR/ckpt/<step>``) or an
+official PARSeq / OpenOCR DPTR checkpoint re-saved as ``FILE.safetensors`` with ``FILE.json`` beside it (``kind``
+and the official keywords, ``clip_text_spot.dptr.load``). Crops are resized to the model's input size and
+normalised to [-1, 1] (``(u8 / 255 - 0.5) / 0.5``, what both official models expect).
 Inputs: image files and folders (searched recursively; names relative to the folder, or the file's base name),
 an LMDB (``--lmdb``; names ``image-%09d``, its labels are used) and/or a labels file (``--labels``:
 ``name<TAB>label`` or ``name label`` lines, the format ``evaluate rec`` reads; with no image argument, the crops it
@@ -51,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="*", help="word-crop images or folders of them")
     parser.add_argument("--workdir", help="training workdir (latest checkpoint; --best for the best one)")
-    parser.add_argument("--checkpoint", help="a workdir or a step directory WORKDIR/ckpt/<step>")
+    parser.add_argument(
+        "--checkpoint", help="a workdir, a step directory WORKDIR/ckpt/<step> or an official FILE.safetensors (+ .json)"
+    )
     parser.add_argument("--best", action="store_true", help="with --workdir: use the best-eval checkpoint")
     parser.add_argument("--lmdb", help="recognition LMDB (PARSeq layout) to read crops and labels from")
     parser.add_argument("--labels", help="labels file (name<TAB>label or 'name label' lines)")
@@ -72,30 +77,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from clip_text_spot import checkpoint, logs
+    from clip_text_spot import logs
     from clip_text_spot.cli import Skips
     from clip_text_spot.data.readers import read_crop_folder, read_lmdb
     from clip_text_spot.data.readers.common import read_input_image
+    from clip_text_spot.dptr.load import load_recognizer
     from clip_text_spot.dptr.predict import crop_pixels, predict_texts, score
     from clip_text_spot.metrics.recognition import read_labels
     from clip_text_spot.models.dptr.recognizer import DptrRecognizer
     from clip_text_spot.models.inference import inference_fn
-    from clip_text_spot.tasks.dptr import DptrFinetuneTask
-    from clip_text_spot.trainer import restore_model
 
     logs.quiet_libraries()
     start = time.perf_counter()
-    path = args.workdir or args.checkpoint
-    step_dir = checkpoint.resolve_step_dir(path, "best" if args.best else "latest", stage="finetune")
+    flag = "--workdir" if args.workdir else "--checkpoint"
+    model, loaded = load_recognizer(args.workdir or args.checkpoint, best=args.best, flag=flag)
 
-    def finetune_task(config):
-        if config.task != "dptr_finetune":
-            raise ValueError(f"{step_dir} holds a {config.task!r} model; predict_rec needs a dptr_finetune checkpoint")
-        return DptrFinetuneTask(config)
-
-    _, task, model, _ = restore_model(str(step_dir), build_task=finetune_task)
-
-    skips, size = Skips(args.strict), task.encoder_cfg.image_size
+    skips, size = Skips(args.strict), tuple(model.encoder.cfg.image_size)
     names, pixels, labels = [], [], {}
     for name, file in collect_images(args.inputs):
         crop = skips.read(str(file), lambda file=file: crop_pixels(read_input_image(file), size))
@@ -127,12 +124,12 @@ def _run(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise ValueError("two inputs have the same name; pass them separately or give distinct folders")
     pixels = np.stack(pixels)
-    texts = predict_texts(inference_fn(DptrRecognizer.predict, model), pixels, task.charset, args.batch_size)
+    texts = predict_texts(inference_fn(DptrRecognizer.predict, model), pixels, model.charset, args.batch_size)
     lines = [f"{name}\t{text}" for name, text in zip(names, texts, strict=True)]
     print("\n".join(lines))
     if args.output:
         Path(args.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    summary = {"images": len(names), "checkpoint": str(step_dir), "seconds": round(time.perf_counter() - start, 2)}
+    summary = {"images": len(names), "checkpoint": loaded, "seconds": round(time.perf_counter() - start, 2)}
     summary["skipped"] = skips.skipped
     scored = {name: labels[name] for name in names if name in labels}
     if scored:

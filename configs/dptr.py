@@ -42,9 +42,11 @@ VARIANTS = ("pretrain", "finetune", "demo")
 
 
 def _decoder(kind: str) -> ml_collections.ConfigDict:
+    # DecoderConfig fields; fmu_queries None: max_len + 1 (26, as OpenOCR), 0: no FMU (the decoder reads the ViT)
     return ml_collections.ConfigDict(
         dict(kind=kind, dim=512, depth=6, heads=8, mlp_ratio=4, dropout=0.1, max_len=25, num_perms=6,
-             perm_forward=True, perm_mirrored=True, refine_iters=1)
+             perm_forward=True, perm_mirrored=True, refine_iters=1, decode_ar=True, refine_content_mask="cloze",
+             fmu_queries=ml_collections.FieldReference(None, field_type=int))
     )  # fmt: skip
 
 
@@ -102,10 +104,14 @@ def pretrain_config(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def finetune_config(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """ViT + FMU + pre-trained decoder on word crops."""
     config = _common(a, "dptr_finetune")
+    # EncoderConfig fields; stem: our convolutions in front of the patch embedding (the demo's small ViT uses them)
     config.model.encoder = ml_collections.ConfigDict(
-        dict(image_size=(32, 128), patch_size=(4, 8), width=512, depth=12, heads=8, mlp_ratio=4)
-    )
-    config.init = ml_collections.ConfigDict({"decoder": ""})  # pre-training workdir/checkpoint; "" = random init
+        dict(image_size=(32, 128), patch_size=(4, 8), width=512, depth=12, heads=8, mlp_ratio=4, norm_eps=1e-5,
+             stem=())
+    )  # fmt: skip
+    # decoder: a pre-training workdir/checkpoint or an official .safetensors ("" = random init); model: every weight
+    # from a dptr_finetune workdir or an official PARSeq / OpenOCR DPTR .safetensors (clip_text_spot.dptr.load)
+    config.init = ml_collections.ConfigDict({"decoder": "", "model": ""})
     d = config.data = ml_collections.ConfigDict()
     d.train = "synthetic"  # synthetic | lmdb:ROOT
     d.eval = ("synthetic",)  # synthetic | lmdb:ROOT | folder:LABELS_FILE

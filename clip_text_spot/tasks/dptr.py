@@ -8,7 +8,9 @@ cache) + ORP noise -> decoder, PLM loss. The frozen CLIP weights are model param
 Evaluation: text reconstruction of held-out labels without noise (``word_accuracy``, ``ned``).
 
 ``dptr_finetune``: word crops -> ViT -> FMU -> decoder, PLM loss; the decoder starts from a pre-training checkpoint
-(``--config.init.decoder``, ``"stage:pretrain"`` in multi-stage runs) or from scratch; encoder and FMU are fresh.
+(``--config.init.decoder``, ``"stage:pretrain"`` in multi-stage runs; an official ``.safetensors`` too) or from
+scratch, encoder and FMU fresh; or the whole model starts from a fine-tuned one (``--config.init.model``: a
+``dptr_finetune`` workdir or an official PARSeq / OpenOCR DPTR ``.safetensors``).
 Evaluation on held-out synthetic crops, LMDB benchmarks and crop folders: ``word_accuracy``/``ned`` over all
 sets (sample-weighted) plus ``<set>/word_accuracy`` and ``<set>/ned`` per set.
 """
@@ -39,6 +41,7 @@ from clip_text_spot.data.synthetic import REC_STYLE, SyntheticRecSource, TextSty
 from clip_text_spot.data.synthetic.backgrounds import make_background
 from clip_text_spot.data.types import RecSample
 from clip_text_spot.dptr.data import BatchExtras, BatchRandomMap, PretrainTransform, make_pretrain_iter
+from clip_text_spot.dptr.load import is_official, load_official
 from clip_text_spot.dptr.orp import OrpSampler, clip_pixels, encode_in_batches
 from clip_text_spot.dptr.predict import crop_pixels, predict_texts, score
 from clip_text_spot.dptr.text_cache import TextMemoryCache, open_or_build_text_cache
@@ -279,6 +282,15 @@ class DptrPretrainTask(_DptrTask):
 # -------------------------------------------------------------------------------------------------- fine-tuning
 
 
+def _init_weights(path: str, stage: str, flag: str) -> tuple[dict[str, np.ndarray], str]:
+    """(flat ``/``-named parameters of the whole source model, its description) of an official ``.safetensors``
+    checkpoint (``clip_text_spot.dptr.load``) or a trainer workdir/checkpoint (a multi-stage workdir's ``stage``)."""
+    if is_official(path):
+        return model_flat_state(load_official(path)), f"{flag}={path}"
+    step_dir = checkpoint.resolve_step_dir(path, prefer="latest", stage=stage)
+    return checkpoint.flat_names(checkpoint.read_step_arrays(step_dir, ("params",))), f"{flag}={path} ({step_dir})"
+
+
 def _lmdb_sets(root: str) -> list[tuple[str, Sequence[RecSample]]]:
     base = Path(root)
     return [(d.relative_to(base).as_posix() if d != base else base.name, read_lmdb(d)) for d in find_lmdb_dirs(base)]
@@ -295,15 +307,20 @@ class DptrFinetuneTask(_DptrTask):
         return DptrRecognizer(self.encoder_cfg, self.decoder_cfg, self.charset, rngs=rngs, dtype=self.compute_dtype)
 
     def load_pretrained(self, model: DptrRecognizer) -> None:
-        """Copy the decoder of the pre-training checkpoint (its latest step); encoder and FMU stay fresh."""
-        path = self.config.init.decoder
-        if not path:
-            return
-        step_dir = checkpoint.resolve_step_dir(path, prefer="latest", stage="pretrain")
-        source = f"--config.init.decoder={path} ({step_dir})"
-        decoder = checkpoint.read_step_arrays(step_dir, ("params", "decoder"))
-        assign_flat(model.decoder, checkpoint.flat_names(decoder), source)
-        logging.info("decoder initialised from %s", step_dir)
+        """``--config.init.model``: every weight from a fine-tuned recogniser (a ``dptr_finetune`` workdir or an
+        official PARSeq / OpenOCR DPTR ``FILE.safetensors``; its architecture must be the config's);
+        ``--config.init.decoder``: the decoder only, from a pre-training workdir/checkpoint (its latest step) or an
+        official checkpoint; what is not copied stays fresh."""
+        init = self.config.init
+        if init.get("model"):
+            flat, source = _init_weights(init.model, "finetune", "--config.init.model")
+            assign_flat(model, flat, source)
+            logging.info("model initialised from %s", source)
+        if init.decoder:
+            flat, source = _init_weights(init.decoder, "pretrain", "--config.init.decoder")
+            assign_flat(model.decoder, {k[len("decoder/") :]: v for k, v in flat.items() if k.startswith("decoder/")},
+                        source)  # fmt: skip
+            logging.info("decoder initialised from %s", source)
 
     def _style(self) -> TextStyle:
         """REC_STYLE with ``--config.data.style`` overrides (lists become tuples)."""

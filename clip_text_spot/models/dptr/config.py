@@ -67,7 +67,11 @@ class DecoderConfig:
 class EncoderConfig:
     """The fine-tuning ViT (``dptr.md`` §3.1: 32x128 input, patch 4x8, d 512, 12 layers, 8 heads, no class token).
 
-    ``norm_eps``: every LayerNorm's epsilon (OpenOCR's ViT: PyTorch's 1e-5; PARSeq's timm ViT: 1e-6)."""
+    ``norm_eps``: every LayerNorm's epsilon (OpenOCR's ViT: PyTorch's 1e-5; PARSeq's timm ViT: 1e-6).
+    ``stem``: output channels of 3x3 stride-2 convolutions (each followed by GELU) in front of the patch embedding
+    (our addition for small demo models: convolutions give a from-scratch ViT locality and train much faster on a
+    CPU budget; empty = the official plain patchify). ``patch_size`` stays in input pixels: the patch embedding's
+    kernel is ``patch_size / 2 ** len(stem)`` on the stem's output."""
 
     image_size: tuple[int, int] = (32, 128)
     patch_size: tuple[int, int] = (4, 8)
@@ -76,12 +80,23 @@ class EncoderConfig:
     heads: int = 8
     mlp_ratio: int = 4
     norm_eps: float = 1e-5
+    stem: tuple[int, ...] = ()
 
     def __post_init__(self):
         if any(s % p for s, p in zip(self.image_size, self.patch_size, strict=True)):
             raise ValueError(f"encoder image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if any(p % self.stem_stride for p in self.patch_size) or min(self.stem, default=1) < 1:
+            raise ValueError(
+                f"encoder patch_size {self.patch_size} is not a multiple of the stem's stride {self.stem_stride} "
+                f"(stem {self.stem}: positive channel counts, one stride-2 convolution each)"
+            )
         if self.width % self.heads:
             raise ValueError(f"encoder width {self.width} is not divisible by its {self.heads} heads")
+
+    @property
+    def stem_stride(self) -> int:
+        """Downsampling of the convolution stem (1 without one)."""
+        return 2 ** len(self.stem)
 
     @property
     def num_patches(self) -> int:

@@ -1,6 +1,7 @@
 """DPTR's fine-tuned recogniser: ViT encoder -> feature merge unit (FMU) -> pre-trained decoder (``dptr.md`` §3).
 
-* ``RecViT``: patchify conv (kernel = stride = ``patch_size``, with bias), learned positions (no class token),
+* ``RecViT``: an optional convolution stem (``EncoderConfig.stem``: 3x3 stride-2 convolutions + GELU; our demo
+  addition), patchify conv (kernel = stride = ``patch_size``, with bias), learned positions (no class token),
   pre-LN blocks (``layers.Encoder``, exact GELU), final LayerNorm -> [B, num_patches, width]. This is also PARSeq's
   timm ViT (``class_token=False``, ``global_pool=''``) with ``norm_eps=1e-6``.
 * ``FeatureMergeUnit``: ``DecoderConfig.num_fmu_queries`` learned queries ``Q0``, one cross-attention and one MLP
@@ -28,6 +29,7 @@ from clip_text_spot.data.rec_labels import Charset
 from clip_text_spot.models.dptr.config import DecoderConfig, EncoderConfig
 from clip_text_spot.models.dptr.nrtr import NrtrDecoder
 from clip_text_spot.models.dptr.parseq import ParseqDecoder, apply_dropout, dropout, learned_positions, torch_mha_init
+from clip_text_spot.models.inference import compiled
 from clip_text_spot.models.layers import MLP, Attention, Dtype, Encoder, layer_norm
 
 Decoder = ParseqDecoder | NrtrDecoder
@@ -55,11 +57,19 @@ class RecViT(nnx.Module):
 
     def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs, dtype: Dtype = None):
         self.cfg = cfg
+        widths = (3, *cfg.stem)
+        self.stem = nnx.List(
+            [
+                nnx.Conv(cin, cout, kernel_size=(3, 3), strides=(2, 2), padding=1, dtype=dtype, rngs=rngs)
+                for cin, cout in zip(widths[:-1], widths[1:], strict=True)
+            ]
+        )
+        patch = tuple(p // cfg.stem_stride for p in cfg.patch_size)
         self.patch_embed = nnx.Conv(
-            3,
+            widths[-1],
             cfg.width,
-            kernel_size=cfg.patch_size,
-            strides=cfg.patch_size,
+            kernel_size=patch,
+            strides=patch,
             padding="VALID",
             dtype=dtype,
             rngs=rngs,
@@ -79,7 +89,10 @@ class RecViT(nnx.Module):
                 f"images: expected [B, {self.cfg.image_size[0]}, {self.cfg.image_size[1]}, 3], got "
                 f"{tuple(images.shape)}"
             )
-        x = self.patch_embed(images)
+        x = images
+        for conv in self.stem:
+            x = jax.nn.gelu(conv(x), approximate=False)
+        x = self.patch_embed(x)
         b, h, w, d = x.shape
         x = x.reshape(b, h * w, d) + self.pos_embed[...].astype(x.dtype)
         return self.norm(self.blocks(x))
@@ -142,10 +155,13 @@ class DptrRecognizer(nnx.Module):
         """(decoder loss, canonical logits) for ``batch["image"]`` and its targets."""
         return self.decoder.loss(self.memory(batch["image"], rngs), batch, rngs)
 
+    @compiled
     def predict(self, images: jax.Array) -> jax.Array:
-        """Logits [B, steps, C] after AR decoding (and refinement for PARSeq), as configured."""
+        """Logits [B, steps, C] after AR decoding (and refinement for PARSeq), as configured (compiled per input
+        shape on first use, ``models.inference.compiled``; call it in eval mode)."""
         return self.decoder.predict(self.memory(images))
 
+    @compiled
     def decode_logits(self, images: jax.Array, refine_iters: int = 1) -> jax.Array:
         """Normalised images [B, H, W, 3] -> full-length greedy AR logits [B, max_len + 1, C] after
         ``refine_iters`` cloze refinements (the official code's ``max_length=max_label_length`` decoding)."""
