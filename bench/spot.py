@@ -45,7 +45,7 @@ def random_spotter(models: str, options: SpotOptions) -> Spotter:
     det_model, rec_model = det_task.build_model(nnx.Rngs(0)), rec_task.build_model(nnx.Rngs(1))
     det_model.eval()
     rec_model.eval()
-    return Spotter(det_config, det_task, det_model, rec_task, rec_model, options)
+    return Spotter(det_config, det_task, det_model, rec_model, options)
 
 
 def time_spotting(spotter: Spotter, warmup: list, samples: list, batch: int, truth_regions: bool) -> dict:

@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from clip_text_spot import checkpoint, vis
+from clip_text_spot import vis
 from clip_text_spot.data.pipeline import DB_MEAN, DB_STD, REC_MEAN, REC_STD, DetEvalTransform, decode_image
 from clip_text_spot.data.types import DetSample
 from clip_text_spot.metrics.spotting import Lexicon, LexiconMatcher
@@ -44,7 +44,6 @@ from clip_text_spot.rectify import LAYOUTS, rectify, region_geometry
 
 if TYPE_CHECKING:
     from clip_text_spot.models.dptr.recognizer import DptrRecognizer
-    from clip_text_spot.tasks.dptr import DptrFinetuneTask
     from clip_text_spot.tasks.fasttcm import FastTCMTask
 
 STAGES = ("preprocess", "detector", "postprocess", "rectify", "recognizer")
@@ -130,8 +129,7 @@ class Spotter:
         det_config: ml_collections.ConfigDict,
         det_task: FastTCMTask,
         det_model: nnx.Module,
-        rec_task: DptrFinetuneTask,
-        rec_model: nnx.Module,
+        rec_model: DptrRecognizer,
         options: SpotOptions = SpotOptions(),
     ):
         self.options = options
@@ -141,8 +139,8 @@ class Spotter:
         self.eval_size = tuple(int(s) for s in eval_size)
         self.preset = det_config.postprocess.preset
         self.overrides = {**dict(det_config.postprocess.get("overrides", {})), **options.postprocess}
-        self.charset = rec_task.charset
-        self.crop_size = tuple(rec_task.encoder_cfg.image_size)
+        self.charset = rec_model.charset
+        self.crop_size = tuple(rec_model.encoder.cfg.image_size)
         self._transform = DetEvalTransform(size=self.eval_size, max_polys=1, targets=None)
         self._prob = det_task.predict_fn(det_model)
         db_mean, db_std = jnp.asarray(DB_MEAN, jnp.float32), jnp.asarray(DB_STD, jnp.float32)
@@ -163,24 +161,16 @@ class Spotter:
         cls, detector: str, recognizer: str, *, best: bool = False, options: SpotOptions = SpotOptions()
     ) -> Spotter:
         """Restore both models from trainer checkpoints (workdirs, ``ckpt``/``best`` folders or step directories;
-        a multi-stage workdir's ``detector`` / ``finetune`` stage)."""
-        from clip_text_spot.tasks.dptr import DptrFinetuneTask
+        a multi-stage workdir's ``detector`` / ``finetune`` stage); the recogniser may also be an official PARSeq /
+        OpenOCR DPTR checkpoint ``FILE.safetensors`` with ``FILE.json`` beside it (``clip_text_spot.dptr.load``)."""
+        from clip_text_spot.dptr.load import load_recognizer
         from clip_text_spot.trainer import restore_model
 
         det_config, det_task, det_model, _ = restore_model(detector, best=best, stage="detector")
         if det_config.task != "fasttcm":
             raise ValueError(f"--detector={detector} holds a {det_config.task!r} model; a fasttcm detector is needed")
-        step_dir = checkpoint.resolve_step_dir(recognizer, "best" if best else "latest", stage="finetune")
-
-        def finetune_task(config):
-            if config.task != "dptr_finetune":
-                raise ValueError(
-                    f"--recognizer={recognizer} holds a {config.task!r} model; a dptr_finetune one is needed"
-                )
-            return DptrFinetuneTask(config)
-
-        _, rec_task, rec_model, _ = restore_model(str(step_dir), build_task=finetune_task)
-        return cls(det_config, det_task, det_model, rec_task, rec_model, options)
+        rec_model, _ = load_recognizer(recognizer, best=best)
+        return cls(det_config, det_task, det_model, rec_model, options)
 
     def _timed(self, stage: str, fn: Callable, *args):
         start = time.perf_counter()
