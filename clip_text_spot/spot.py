@@ -14,6 +14,10 @@ for ``icdar2015``, ``x1,y1,...,####text`` for ``curved``) that ``python -m clip_
 With ``--lexicon`` words are corrected (or dropped) by the lexicon first (``metrics.spotting.LexiconMatcher``).
 An image that cannot be read is named on stderr, listed in the summary's ``skipped`` and left out; the exit status is
 non-zero only when no image could be read, or with ``--strict`` (stops at the first unreadable image).
+
+``--spotter=DIR`` instead of ``--detector`` / ``--recognizer`` runs a TESTR end-to-end spotter alone (a
+``configs/testr.py`` workdir or checkpoint, or an official TESTR ``.safetensors`` with ``--testr_kwargs=JSON``;
+``--threshold``, ``--test_size=SHORT,MAX``), with the same outputs (``clip_text_spot.models.testr.spotter``).
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ def _size(text: str) -> tuple[int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     from clip_text_spot.metrics.spotting import LEXICON_KINDS, LEXICON_POLICIES
+    from clip_text_spot.models.testr.spotter import add_spotter_arguments
     from clip_text_spot.rectify import LAYOUTS
 
     p = argparse.ArgumentParser(prog="python -m clip_text_spot.spot", description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+", help="images or folders of images")
-    p.add_argument("--detector", required=True, help="FastTCM workdir or checkpoint")
-    p.add_argument("--recognizer", required=True, help="DPTR fine-tuning workdir or checkpoint")
+    p.add_argument("--detector", help="FastTCM workdir or checkpoint")
+    p.add_argument("--recognizer", help="DPTR fine-tuning workdir or checkpoint")
+    add_spotter_arguments(p)
     p.add_argument("--best", action="store_true", help="use the best-eval checkpoints instead of the latest")
     p.add_argument("--output", default="spotting", help="folder for JSON and PNG results")
     p.add_argument("--batch_size", type=int, default=1, help="images per detector call")
@@ -61,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.spotter and not (args.detector and args.recognizer):
+        parser.error("give --spotter (TESTR) or both --detector and --recognizer")
     try:
         return _run(args)
     except (FileNotFoundError, ValueError, KeyError) as err:
@@ -100,7 +109,13 @@ def _run(args: argparse.Namespace) -> int:
         eval_size=args.eval_size, batch_size=args.batch_size, max_crops=args.max_crops,
         supersample=args.supersample, layout=args.layout, min_score=args.min_score, pad=args.pad,
     )  # fmt: skip
-    spotter = Spotter.from_checkpoints(args.detector, args.recognizer, best=args.best, options=options)
+    if args.spotter:
+        from clip_text_spot.models.testr import spotter as testr_spotter
+
+        spotter, stages = testr_spotter.spotter_from_args(args), testr_spotter.STAGES
+    else:
+        spotter = Spotter.from_checkpoints(args.detector, args.recognizer, best=args.best, options=options)
+        stages = STAGES
     start = time.perf_counter()
     results = spotter.spot(images)
     seconds = time.perf_counter() - start
@@ -124,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
     summary = {
         "images": len(paths), "words": n_words, "seconds": round(seconds, 2),
         "images_per_s": round(len(paths) / max(seconds, 1e-9), 3),
-        "stage_share": {k: round(spotter.timings[k] / total, 3) if total else 0.0 for k in STAGES},
+        "stage_share": {k: round(spotter.timings[k] / total, 3) if total else 0.0 for k in stages},
         "output": args.output, "skipped": skips.skipped,
     }  # fmt: skip
     if args.submission:

@@ -14,6 +14,8 @@ REGISTRY = {
     "clip_contrastive": "clip_text_spot.tasks.clip_contrastive:ClipContrastiveTask",
     "fasttcm": "clip_text_spot.tasks.fasttcm:FastTCMTask",
     "spot": "clip_text_spot.tasks.spot:SpotEvalTask",
+    "testr": "clip_text_spot.tasks.testr:TESTRTask",
+    "testr_eval": "clip_text_spot.tasks.testr:TESTRSpotEvalTask",
 }
 
 

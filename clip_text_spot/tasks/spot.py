@@ -74,12 +74,15 @@ def spotting_metrics(
 class SpotEvalTask:
     """Evaluation-only stage: ``run(workdir) -> metrics`` (``clip_text_spot.main`` logs them at step 0)."""
 
+    models = ("detector", "recognizer")  # config fields naming the trained models
+    options_from = staticmethod(spot_options)  # config -> the pipeline's options
+
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
-        for key in ("detector", "recognizer"):
+        for key in self.models:
             if not config.get(key):
                 raise ValueError(f"spotting needs --config.{key}=DIR (a trained {key}'s workdir or checkpoint)")
-        self.options = spot_options(config)
+        self.options = self.options_from(config)
         lex = config.get("lexicon", ml_collections.ConfigDict({"kind": "none"}))
         self.matcher, self.lexicons = None, None
         if lex.kind != "none":
@@ -89,6 +92,12 @@ class SpotEvalTask:
                 pairs_file=lex.get("pairs") or None, policy=self.matcher.policy,
             )  # fmt: skip
 
+    def build_spotter(self):
+        """The pipeline to evaluate: anything with ``spot(images) -> words per image`` and ``timings``."""
+        cfg = self.config
+        return Spotter.from_checkpoints(cfg.detector, cfg.recognizer, best=bool(cfg.get("best", False)),
+                                        options=self.options)  # fmt: skip
+
     def _samples(self) -> Sequence:
         from clip_text_spot.tasks.fasttcm import detection_sources
 
@@ -97,8 +106,7 @@ class SpotEvalTask:
     def run(self, workdir: str) -> dict[str, float]:
         """Spot the evaluation split and score it (every process computes the whole set; process 0 draws)."""
         cfg = self.config
-        spotter = Spotter.from_checkpoints(cfg.detector, cfg.recognizer, best=bool(cfg.get("best", False)),
-                                           options=self.options)  # fmt: skip
+        spotter = self.build_spotter()
         source = self._samples()
         samples = [as_det_sample(source[i]) for i in range(len(source))]
         start = time.perf_counter()

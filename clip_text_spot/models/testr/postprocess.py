@@ -67,7 +67,7 @@ def postprocess_words(
         results.append(
             SpottedWords(
                 scores=scores[b, keep],
-                polygons=pts.reshape(len(pts), -1),
+                polygons=pts.reshape(len(pts), 2 * points.shape[2]),
                 recs=recs[b, keep],
                 rec_scores=rec_scores[b, keep],
                 strings=[decode_text(r, charset) for r in recs[b, keep]],
