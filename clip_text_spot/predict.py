@@ -40,7 +40,6 @@ def main(argv: list[str]) -> None:
     from clip_text_spot.data.types import DetSample
     from clip_text_spot.metrics.submission_io import sample_key, write_submission
     from clip_text_spot.models.inference import overlapped
-    from clip_text_spot.postprocess.db import db_postprocess_batch
     from clip_text_spot.trainer import restore_model
 
     logs.quiet_libraries()
@@ -64,12 +63,8 @@ def main(argv: list[str]) -> None:
     batches = make_det_eval_batches(samples, batch_size=_BATCH.value, eval_size=eval_size, with_targets=False)
     os.makedirs(_OUTPUT.value, exist_ok=True)
     submission, n_instances, t0 = {}, 0, time.perf_counter()
-    for batch, prob in overlapped(batches, lambda b: predict(b["image"])):
-        sizes = [tuple(s) for s in np.asarray(batch["resized_shape"])]
-        preds = db_postprocess_batch(
-            prob, config.postprocess.preset, scales=[tuple(s) for s in batch["scale"]], valid_sizes=sizes,
-            **dict(config.postprocess.get("overrides", {})),
-        )  # fmt: skip
+    for batch, prediction in overlapped(batches, lambda b: predict(b["image"])):
+        preds = task.postprocess(prediction, batch["scale"], batch["resized_shape"])
         for row in np.flatnonzero(np.asarray(batch["valid"])):
             path = paths[int(batch["index"][row])]
             name = os.path.splitext(os.path.basename(path))[0]

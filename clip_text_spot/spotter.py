@@ -4,8 +4,8 @@ crop, and a DPTR recogniser reads all crops of a batch of images together.
 Per batch of images (``Spotter.spot``):
 
 1. **preprocess** (host): keep-ratio resize into the detector's box, normalise (as detector evaluation does);
-2. **detector** (device): probability map (FastTCM uses its text cache);
-3. **postprocess** (host): DB post-processing -> polygons and detection scores in original-image pixels;
+2. **detector** (device): the head's maps (DB: probability map; FastTCM uses its text cache);
+3. **postprocess** (host): the head's post-processing -> polygons and detection scores in original-image pixels;
 4. **rectify** (device): every polygon (``clip_text_spot.rectify``: quads by perspective, other polygons along
    their two long sides) is sampled from the detector's input image, already on device, into the recogniser's
    crop size; crops are padded to a power-of-two count (at most ``max_crops`` per call) so shapes stay few;
@@ -26,7 +26,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +38,7 @@ from clip_text_spot import vis
 from clip_text_spot.data.pipeline import DB_MEAN, DB_STD, REC_MEAN, REC_STD, DetEvalTransform, decode_image
 from clip_text_spot.data.types import DetSample
 from clip_text_spot.metrics.spotting import Lexicon, LexiconMatcher
-from clip_text_spot.models.inference import inference_fn, overlapped
-from clip_text_spot.postprocess.db import db_postprocess_batch
+from clip_text_spot.models.inference import inference_fn, overlapped, to_host
 from clip_text_spot.rectify import LAYOUTS, rectify, region_geometry
 
 if TYPE_CHECKING:
@@ -80,7 +79,7 @@ class SpotOptions:
       layout: ``contour`` (detector outlines) or ``paired`` (top L->R then bottom R->L, e.g. ground truth).
       min_score: detections scoring below this are dropped before recognition.
       pad: each region is grown by this fraction of its height on every side before rectification.
-      postprocess: DB post-processing field overrides on top of the detector config's.
+      postprocess: post-processing field overrides (of the detector's head) on top of the detector config's.
     """
 
     eval_size: tuple[int, int] | None = None
@@ -137,8 +136,8 @@ class Spotter:
         if any(int(s) % 32 for s in eval_size):
             raise ValueError(f"eval_size must be multiples of 32 (the FPN stride), got {tuple(eval_size)}")
         self.eval_size = tuple(int(s) for s in eval_size)
-        self.preset = det_config.postprocess.preset
-        self.overrides = {**dict(det_config.postprocess.get("overrides", {})), **options.postprocess}
+        self.overrides = dict(options.postprocess)  # the config's own overrides are in det_task's head
+        self._det_task = det_task
         self.charset = rec_model.charset
         self.crop_size = tuple(rec_model.encoder.cfg.image_size)
         self._transform = DetEvalTransform(size=self.eval_size, max_polys=1, targets=None)
@@ -191,18 +190,17 @@ class Spotter:
 
         return self._timed("preprocess", run)
 
-    def probability(self, device_images: jax.Array) -> np.ndarray:
-        """The detector's probability maps [batch_size, H, W] (host)."""
-        return np.asarray(self._timed("detector", self._prob, device_images))
+    def probability(self, device_images: jax.Array) -> Any:
+        """The detector's prediction (host arrays; DB: probability maps [batch_size, H, W])."""
+        return to_host(self._timed("detector", self._prob, device_images))
 
-    def postprocess(self, prob: np.ndarray, arrays: dict, n: int) -> list[list[tuple[np.ndarray, float]]]:
-        """DB post-processing of the first ``n`` maps: per image [(polygon in original pixels, score)]."""
+    def postprocess(self, prob: Any, arrays: dict, n: int) -> list[list[tuple[np.ndarray, float]]]:
+        """The head's post-processing of the first ``n`` images: per image [(polygon in original pixels, score)]."""
 
         def run():
-            preds = db_postprocess_batch(
-                prob[:n], self.preset, scales=[tuple(s) for s in arrays["scale"][:n]],
-                valid_sizes=[tuple(s) for s in arrays["resized_shape"][:n]], **self.overrides,
-            )  # fmt: skip
+            first = jax.tree.map(lambda a: a[:n], prob)
+            scales, sizes = arrays["scale"][:n], arrays["resized_shape"][:n]
+            preds = self._det_task.postprocess(first, scales, sizes, **self.overrides)
             return [[(p, s) for p, s in row if s >= self.options.min_score] for row in preds]
 
         return self._timed("postprocess", run)
@@ -241,7 +239,7 @@ class Spotter:
         bs = self.options.batch_size
         chunks = ([decode_image(img) for img in images[s : s + bs]] for s in range(0, len(images), bs))
         prepared = ((*self.prepare(chunk), len(chunk)) for chunk in chunks)
-        fetch = functools.partial(self._timed, "detector", np.asarray)
+        fetch = functools.partial(self._timed, "detector", to_host)
         results: list[list[Word]] = []
         for (device_images, batch, n), prob in overlapped(prepared, lambda p: self._prob(p[0]), fetch):
             dets = self.postprocess(prob, batch, n)

@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from clip_text_spot.metrics.detection import Counts, evaluate_detection
-from clip_text_spot.metrics.submission_io import TextInstances, load_annotations, write_submission
-from clip_text_spot.postprocess.db import (
+from clip_text_spot.heads.db.postprocess import (
     DB_PRESETS,
     db_postprocess,
     db_postprocess_batch,
     mean_score_in_polygon,
     unclip,
 )
+from clip_text_spot.metrics.detection import Counts, evaluate_detection
+from clip_text_spot.metrics.submission_io import TextInstances, load_annotations, write_submission
 
 
 def rect_map(h=100, w=200, value=0.9):

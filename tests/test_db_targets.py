@@ -7,7 +7,7 @@ import pyclipper
 import pytest
 import shapely
 
-from clip_text_spot.data.db_targets import DBTargetConfig, db_targets, is_invalid_polygon, shrink_polygon
+from clip_text_spot.heads.db.targets import DBTargetConfig, db_targets, is_invalid_polygon, shrink_polygon
 
 
 def _rect(x0, y0, x1, y1):

@@ -2,7 +2,7 @@
 
 The references use torch's own ``nn.Conv2d``, ``nn.ConvTranspose2d``, ``nn.BatchNorm2d``, ``F.interpolate``,
 ``F.binary_cross_entropy(_with_logits)`` and ``torch.topk``; weights go from the torch model to ours through
-``official_dbnet_to_flat`` (official mmocr names), so a layout or naming slip fails the parity tests.
+``official_to_flat`` (official mmocr names), so a layout or naming slip fails the parity tests.
 """
 
 import math
@@ -16,18 +16,9 @@ import torch.nn.functional as F
 from flax import nnx
 from torch import nn
 
+from clip_text_spot.heads.common import balanced_bce, nearest_resize, official_to_flat
+from clip_text_spot.heads.db import DBDecoder, DBHead, db_loss, dice_loss, masked_l1, score_map_aux_loss
 from clip_text_spot.models.clip.convert import assign_flat, model_flat_state
-from clip_text_spot.models.dbnet import (
-    DBDecoder,
-    DBHead,
-    balanced_bce,
-    db_loss,
-    dice_loss,
-    masked_l1,
-    nearest_resize,
-    official_dbnet_to_flat,
-    score_map_aux_loss,
-)
 
 TOL = 1e-5
 TCM_CHANNELS = (256, 512, 1024, 2049)
@@ -103,7 +94,7 @@ def build_pair(in_channels, lateral: int, out: int, seed: int) -> tuple[TorchDBN
                 m.running_mean.normal_(0.0, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
     ours = nnx.eval_shape(lambda: DBDecoder(in_channels, lateral, out, rngs=nnx.Rngs(0)))  # every weight from torch
-    assign_flat(ours, official_dbnet_to_flat({k: v.numpy() for k, v in ref.state_dict().items()}), "torch DBNet")
+    assign_flat(ours, official_to_flat({k: v.numpy() for k, v in ref.state_dict().items()}), "torch DBNet")
     return ref, ours
 
 
@@ -199,12 +190,12 @@ def test_official_mapping_skips_other_modules_and_rejects_unknown_tensors():
         "bbox_head.binarize.1.running_var": np.full(4, 2.0, np.float32),
         "bbox_head.binarize.3.weight": np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 2, 2),
     }
-    flat = official_dbnet_to_flat(sd)
+    flat = official_to_flat(sd)
     assert sorted(flat) == ["bbox_head/binarize/1/var", "bbox_head/binarize/3/kernel"]
     assert flat["bbox_head/binarize/3/kernel"].shape == (2, 2, 3, 2)
     assert flat["bbox_head/binarize/3/kernel"][1, 0, 2, 1] == sd["bbox_head.binarize.3.weight"][1, 2, 1, 0]
     with pytest.raises(ValueError, match="neck.lateral_convs.0.conv.scale"):
-        official_dbnet_to_flat({"neck.lateral_convs.0.conv.scale": np.ones(3, np.float32)})
+        official_to_flat({"neck.lateral_convs.0.conv.scale": np.ones(3, np.float32)})
 
 
 def test_compute_dtype_bfloat16_keeps_float32_params():

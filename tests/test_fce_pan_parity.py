@@ -22,7 +22,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file
 
-from clip_text_spot.data.db_targets import shrink_offset
+from clip_text_spot.heads.common import shrink_offset
 from clip_text_spot.heads.fce import targets as T
 from clip_text_spot.heads.fce.aux import fce_aux_loss
 from clip_text_spot.heads.fce.loss import LOSS_TERMS, fce_loss, fourier2poly

@@ -1,4 +1,4 @@
-"""grain input pipelines for detection (DBNet targets) and recognition, train and eval.
+"""grain input pipelines for detection (the selected head's targets) and recognition, train and eval.
 
 A *source* is anything with ``len()`` and ``__getitem__(i)`` returning a ``DetSample`` / ``RecSample`` or a record
 dict in their ``to_record()`` layout (what ``clip_text_spot.data.prepare.open_split`` returns); images may be
@@ -21,13 +21,12 @@ key                shape / dtype              meaning
 =================  =========================  ==========================================================================
 detection, train (``make_det_train_iter``); S = crop_size
 image              [B, S, S, 3] float32       (RGB - mean) / std (default: TCM's DB mean/std)
-gt_shrink          [B, S, S] float32          1 inside the shrunk text kernels
-gt_shrink_mask     [B, S, S] float32          0 on ignored polygons (given, too small, unshrinkable), else 1
-gt_thr             [B, S, S] float32          threshold map in [thr_min, thr_max]
-gt_thr_mask        [B, S, S] float32          1 inside the dilated polygons
+*targets*          [B, ...] float32           the head's targets (``targets``: a ``heads`` target function; default
+                                              DB: ``gt_shrink``, ``gt_shrink_mask``, ``gt_thr``, ``gt_thr_mask``
+                                              [B, S, S]; FCE: ``fce_level_i``; PAN: ``pan_*``, ``heads.*.kind``)
 detection, eval (``make_det_eval_batches``); (H, W) = eval_size, P = max_polys, K = max_points
 image              [B, H, W, 3] float32       resized keeping the ratio (factor min(H/h, W/w)), padded bottom/right
-gt_*               [B, H, W] float32          the four maps above, at the resized geometry (``with_targets``)
+*targets*          [B, ...] float32           the head's targets at the resized geometry (``with_targets``)
 polygons           [B, P, K, 2] float32       ground-truth polygons in *original* image pixels, zero padded
 num_points         [B, P] int32               points of each polygon (0 for padding)
 polygon_mask       [B, P] bool                real polygon (not padding)
@@ -74,14 +73,17 @@ from clip_text_spot.data.augment import (
     resize_keep_ratio,
     resize_rec,
 )
-from clip_text_spot.data.db_targets import DB_TARGETS, TARGET_KEYS, DBTargetConfig, db_targets
 from clip_text_spot.data.rec_labels import Charset
 from clip_text_spot.data.types import DetSample, RecSample
+from clip_text_spot.heads.base import TargetFn
+from clip_text_spot.heads.db.kind import DBTargets
 
 DB_MEAN = (122.67891434, 116.66876762, 104.00698793)
 DB_STD = (58.395, 57.12, 57.375)
 REC_MEAN = (127.5, 127.5, 127.5)
 REC_STD = (127.5, 127.5, 127.5)
+DB_TARGET_FN = DBTargets()
+"""The default targets: DBNet's with mmocr's constants."""
 
 
 def decode_image(image: bytes | np.ndarray) -> np.ndarray:
@@ -149,10 +151,10 @@ def _check_source(source: Sequence) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class DetTrainTransform:
-    """Augment one detection sample and build its DB targets (a grain random map)."""
+    """Augment one detection sample and build its head's targets (a grain random map)."""
 
     aug: DetAugConfig = DetAugConfig()
-    targets: DBTargetConfig = DB_TARGETS
+    targets: TargetFn = DB_TARGET_FN
     mean: tuple[float, ...] = DB_MEAN
     std: tuple[float, ...] = DB_STD
 
@@ -160,7 +162,7 @@ class DetTrainTransform:
         sample = as_det_sample(item)
         image = decode_image(sample.image)
         image, polys, ignore = augment_det(image, sample.polygons, sample.ignore, rng, self.aug, self.mean)
-        maps, _ = db_targets(polys, ignore, image.shape[:2], self.targets)
+        maps = self.targets(polys, ignore, image.shape[:2])
         return {"image": normalize(image, self.mean, self.std), **maps}
 
 
@@ -171,7 +173,7 @@ class DetEvalTransform:
     size: tuple[int, int] = (640, 640)
     max_polys: int = 256
     max_points: int = 64
-    targets: DBTargetConfig | None = DB_TARGETS
+    targets: TargetFn | None = DB_TARGET_FN
     mean: tuple[float, ...] = DB_MEAN
     std: tuple[float, ...] = DB_STD
 
@@ -191,7 +193,7 @@ class DetEvalTransform:
             out.update(image=np.zeros((h, w, 3), np.float32), scale=np.ones(2, np.float32))
             out.update(orig_shape=np.zeros(2, np.int32), resized_shape=np.zeros(2, np.int32))
             if self.targets is not None:
-                out.update({key: np.zeros((h, w), np.float32) for key in TARGET_KEYS})
+                out.update({key: np.zeros_like(v) for key, v in self.targets([], [], (h, w)).items()})
             return out
         sample = as_det_sample(item)
         image = decode_image(sample.image)
@@ -211,8 +213,7 @@ class DetEvalTransform:
         out["orig_shape"] = np.array(image.shape[:2], np.int32)
         out["resized_shape"] = np.array([round(image.shape[0] * sy), round(image.shape[1] * sx)], np.int32)
         if self.targets is not None:
-            maps, _ = db_targets(polys, sample.ignore, (h, w), self.targets)
-            out.update(maps)
+            out.update(self.targets(polys, sample.ignore, (h, w)))
         return out
 
 
@@ -363,11 +364,12 @@ def make_det_train_iter(
     read_threads: int = 1,
     prefetch: int = 16,
     aug: DetAugConfig | None = None,
-    targets: DBTargetConfig = DB_TARGETS,
+    targets: TargetFn = DB_TARGET_FN,
     mean: tuple[float, ...] = DB_MEAN,
     std: tuple[float, ...] = DB_STD,
 ) -> grain.DatasetIterator:
-    """Endless iterator of augmented detection batches with DB targets (keys in the module docstring).
+    """Endless iterator of augmented detection batches with the ``targets`` function's targets (default DB; keys in
+    the module docstring).
 
     ``aug`` defaults to TCM's pipeline with ``crop_size``; when given, its own ``crop_size`` must agree.
     """
@@ -401,7 +403,7 @@ def make_det_eval_batches(
     workers: int = 0,
     read_threads: int = 1,
     prefetch: int = 16,
-    targets: DBTargetConfig = DB_TARGETS,
+    targets: TargetFn = DB_TARGET_FN,
     mean: tuple[float, ...] = DB_MEAN,
     std: tuple[float, ...] = DB_STD,
 ) -> grain.IterDataset:

@@ -1,17 +1,27 @@
-"""FastTCM / TCM text detection with a DBNet head: data, loss, evaluation (hmean) and pictures for the trainer.
+"""FastTCM / TCM text detection with any head (``--config.model.head=db|fce|pan``, ``clip_text_spot.heads``):
+data, loss, evaluation (hmean) and pictures for the trainer.
 
-Loss (tcm.md §3.1, §2.10): DB loss (5 x balanced BCE on the probability map + Dice on the binary map + 10 x masked
-L1 on the threshold map) plus ``aux_weight`` x the balanced BCE-with-logits of the upsampled score map / tau.
-Evaluation: DB post-processing of the probability map on the held-out split, ICDAR2015-protocol hmean at the
-configured score threshold (``hmean``, ``precision``, ``recall``) and mmocr's score-threshold sweep
-(``sweep_hmean``, ``sweep_thr``); PNG overlays (green: predictions, red: ground truth, yellow: don't care) in
-``WORKDIR/vis/step_N/``. FastTCM evaluates with the text embedding computed once (``precompute_text``).
+Loss (tcm.md §3.1, §2.10, fcenet_panet.md §1.5, §6.3): the head's loss (DB: 5 x balanced BCE + Dice + 10 x masked
+L1; FCE: text/centre CE + Fourier regression per level; PAN: text and kernel Dice + aggregation/discrimination)
+plus ``aux_weight`` x the head's auxiliary score-map loss. Evaluation: the head's post-processing on the held-out
+split, ICDAR2015-protocol (or curved) hmean at the configured score threshold (``hmean``, ``precision``,
+``recall``) and mmocr's score-threshold sweep (``sweep_hmean``, ``sweep_thr``); PNG overlays (green: predictions,
+red: ground truth, yellow: don't care) in ``WORKDIR/vis/step_N/``. FastTCM evaluates with the text embedding
+computed once (``precompute_text``).
+
+Few-shot training (``--config.data.fraction=0.1``): a prepared dataset's train split is cut to ``round(fraction x
+N)`` images (at least 1) drawn without replacement with ``numpy.random.default_rng(data.fraction_seed)`` and kept in
+source order; their names are written to ``WORKDIR/train_subset.txt`` (one per line, at the first evaluation,
+which is the first call that knows the workdir). Synthetic scenes: the pool of train scenes (``data.synthetic_pool``,
+each scene's seed is its index) shrinks to its first ``round(fraction x pool)`` scenes, a fixed set too; the file
+then holds one line naming that range.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -22,17 +32,16 @@ from flax import nnx
 
 from clip_text_spot import vis
 from clip_text_spot.data.augment import DetAugConfig
-from clip_text_spot.data.pipeline import DB_MEAN, DB_STD, make_det_eval_batches, make_det_train_iter
+from clip_text_spot.data.pipeline import DB_MEAN, DB_STD, as_det_sample, make_det_eval_batches, make_det_train_iter
 from clip_text_spot.data.synthetic import SyntheticDetSource, TextStyle
 from clip_text_spot.data.synthetic.render import DET_STYLE
+from clip_text_spot.heads import HeadKind, make_head
 from clip_text_spot.metrics.detection import evaluate_detection, protocol_for
 from clip_text_spot.metrics.submission_io import TextInstances
 from clip_text_spot.models.clip import load_pretrained, preset
-from clip_text_spot.models.dbnet import db_loss, score_map_aux_loss
 from clip_text_spot.models.fasttcm.config import DecoderConfig, FastTCMConfig
 from clip_text_spot.models.fasttcm.detector import DetectorConfig, FastTCMDetector
 from clip_text_spot.models.inference import inference_fn, overlapped
-from clip_text_spot.postprocess.db import db_postprocess_batch
 
 
 def detector_config(model: ml_collections.ConfigDict) -> DetectorConfig:
@@ -53,30 +62,86 @@ def detector_config(model: ml_collections.ConfigDict) -> DetectorConfig:
         tau=model.tau,
         dtype=model.dtype,
     )
-    return DetectorConfig(matcher=matcher, lateral_channels=model.lateral_channels, out_channels=model.out_channels)
+    widths = {k: model[k] for k in ("fce_channels", "fourier_degree", "pan_channels", "fpem_repeat") if k in model}
+    return DetectorConfig(
+        matcher=matcher,
+        head=model.get("head", "db"),
+        lateral_channels=model.lateral_channels,
+        out_channels=model.out_channels,
+        **widths,
+    )
 
 
-def detection_sources(data: ml_collections.ConfigDict, seed: int) -> tuple[Any, Any]:
-    """(train, eval) random-access sources: synthetic scenes, or prepared TFDS splits under ``data.root``."""
+def detection_head(config: ml_collections.ConfigDict) -> HeadKind:
+    """The run's head kind with its host-side options (targets preset, post-processing preset and overrides)."""
+    return make_head(
+        config.model.get("head", "db"),
+        targets=config.data.get("targets", "default"),
+        postprocess=config.postprocess.preset,
+        overrides=dict(config.postprocess.get("overrides", {})),
+        max_instances=int(config.data.get("max_instances", 256)),
+        official_broadcast=bool(config.model.get("aux_official_broadcast", False)),
+    )
+
+
+class SubsetSource:
+    """The items ``indices`` of a random-access source (picklable when the source is)."""
+
+    def __init__(self, source: Sequence, indices: Sequence[int]):
+        self.source, self.indices = source, [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.source[self.indices[i]]
+
+
+def fraction_size(n: int, fraction: float) -> int:
+    """``round(fraction n)``, at least 1; ``fraction`` must be in (0, 1]."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"--config.data.fraction must be in (0, 1], got {fraction}")
+    return max(1, round(fraction * n))
+
+
+def fraction_indices(n: int, fraction: float, seed: int) -> np.ndarray:
+    """``fraction_size(n, fraction)`` sorted distinct indices of ``range(n)``, drawn with ``seed``."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=fraction_size(n, fraction), replace=False))
+
+
+def detection_sources(data: ml_collections.ConfigDict, seed: int) -> tuple[Any, Any, list[str]]:
+    """(train, eval, train subset lines) random-access sources: synthetic scenes, or prepared TFDS splits under
+    ``data.root``; with ``data.fraction < 1`` the train source is the few-shot subset (module docstring) and the
+    lines name it (empty otherwise)."""
+    fraction = float(data.get("fraction", 1.0))
+    seed_f = int(data.get("fraction_seed", 0))
     if data.name == "synthetic":
         style = TextStyle(**{**DET_STYLE.__dict__, **dict(data.get("style", {}))})
         kw = dict(image_size=tuple(data.image_size), num_words=tuple(data.num_words), style=style, seed=seed)
+        pool = int(data.get("synthetic_pool", 10_000_000))
+        size = fraction_size(pool, fraction)
+        lines = [] if fraction == 1.0 else [f"synthetic train scenes 0..{size - 1} of a pool of {pool}"]
         return (
-            SyntheticDetSource(10_000_000, split="train", **kw),
+            SyntheticDetSource(size, split="train", **kw),
             SyntheticDetSource(int(data.eval_samples), split="eval", **kw),
+            lines,
         )
     from clip_text_spot.data.prepare import open_split
 
-    return open_split(data.root, data.train_split), open_split(data.root, data.eval_split)
+    train, test = open_split(data.root, data.train_split), open_split(data.root, data.eval_split)
+    if fraction == 1.0:
+        return train, test, []
+    subset = SubsetSource(train, fraction_indices(len(train), fraction, seed_f))
+    return subset, test, [as_det_sample(subset[i]).name for i in range(len(subset))]
 
 
-def _probability(model: FastTCMDetector, images: jax.Array, text_cache: jax.Array | None) -> jax.Array:
-    """The DB probability map [B, H, W] of normalised images (eval mode)."""
-    return model(images, text_cache)["prob"]
+def _prediction(model: FastTCMDetector, images: jax.Array, text_cache: jax.Array | None) -> Any:
+    """The arrays the head's post-processing reads (DB: probability map) of normalised images (eval mode)."""
+    return model.head_kind.prediction(model(images, text_cache))
 
 
 class FastTCMTask:
-    """Task protocol implementation (``clip_text_spot.trainer.Task``) for FastTCM-DBNet and TCM-DBNet."""
+    """Task protocol implementation (``clip_text_spot.trainer.Task``) for FastTCM / TCM with any head."""
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -92,6 +157,7 @@ class FastTCMTask:
                 "re-saved as safetensors; README 'CLIP weights'), or run the demo: --config=configs/fasttcm.py:demo"
             )
         self.det_config = detector_config(config.model)
+        self.head = detection_head(config)
         self._sources = None
 
     @property
@@ -99,7 +165,15 @@ class FastTCMTask:
         """(train, eval) sources, opened on first use (prediction from a checkpoint needs no dataset)."""
         if self._sources is None:
             self._sources = detection_sources(self.config.data, self.config.seed)
-        return self._sources
+        return self._sources[:2]
+
+    def write_subset(self, workdir: str) -> None:
+        """``WORKDIR/train_subset.txt``: the few-shot train subset (nothing without ``data.fraction``)."""
+        lines = (self._sources or detection_sources(self.config.data, self.config.seed))[2]
+        path = os.path.join(workdir, "train_subset.txt")
+        if lines and jax.process_index() == 0 and not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write("".join(f"{line}\n" for line in lines))
 
     def build_model(self, rngs: nnx.Rngs) -> FastTCMDetector:
         return FastTCMDetector(self.det_config, rngs=rngs)
@@ -122,26 +196,41 @@ class FastTCMTask:
             process_count=process_count,
             workers=data.workers,
             aug=aug,
+            targets=self.head.targets,
         )
 
     def loss(self, model: FastTCMDetector, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
         out = model(batch["image"], rngs=rng)
-        total, parts = db_loss(out["prob"], out["thr"], out["binary"], batch)
-        aux = score_map_aux_loss(out["score_map"], batch["gt_shrink"], batch["gt_shrink_mask"], model.config.tau)
+        total, parts = self.head.loss(out, batch)
+        aux = self.head.aux_loss(out["score_map"], batch, model.config.tau)
         total = total + self.config.model.aux_weight * aux
         return total, {**parts, "loss_aux": aux}
 
     # -- evaluation --------------------------------------------------------------------------------------------------
 
     def predict_fn(self, model: FastTCMDetector):
-        """A jitted ``images -> prob`` (a device array, dispatched asynchronously) for ``model`` in eval mode
-        (FastTCM: text embedding computed once here)."""
+        """A jitted ``images -> prediction`` (device arrays, dispatched asynchronously; DB: the probability map)
+        for ``model`` in eval mode (FastTCM: text embedding computed once here); ``postprocess`` reads it."""
         text_cache = inference_fn(FastTCMDetector.precompute_text, model)() if model.config.fast else None
-        prob = inference_fn(_probability, model)
-        return lambda images: prob(images, text_cache)
+        prediction = inference_fn(_prediction, model)
+        return lambda images: prediction(images, text_cache)
+
+    def postprocess(
+        self,
+        prediction: Any,
+        scales: Sequence[Sequence[float]],
+        valid_sizes: Sequence[Sequence[int]],
+        **overrides,
+    ) -> list[list[tuple[np.ndarray, float]]]:
+        """Per image ``[(polygon in original-image pixels, score)]`` from a host copy of ``predict_fn``'s output;
+        ``scales`` (sx, sy) and ``valid_sizes`` (h, w) per image, as the eval batches carry them; ``overrides``
+        replace post-processing fields on top of the config's."""
+        head = self.head.with_overrides(**overrides) if overrides else self.head
+        return head.postprocess(prediction, scales, valid_sizes)
 
     def evaluate(self, model: FastTCMDetector, step: int, workdir: str) -> dict[str, float]:
         data = self.config.data
+        self.write_subset(workdir)
         predict = self.predict_fn(model)
         batches = make_det_eval_batches(
             self.sources[1],
@@ -153,13 +242,9 @@ class FastTCMTask:
             process_count=jax.process_count(),
         )
         gts, dets, pictures = {}, {}, []
-        for batch, prob in overlapped(batches, lambda b: predict(b["image"])):
+        for batch, prediction in overlapped(batches, lambda b: predict(b["image"])):
             valid = np.asarray(batch["valid"])
-            sizes = [tuple(s) for s in np.asarray(batch["resized_shape"])]
-            preds = db_postprocess_batch(
-                prob, self.config.postprocess.preset, scales=[tuple(s) for s in batch["scale"]], valid_sizes=sizes,
-                **dict(self.config.postprocess.overrides),
-            )  # fmt: skip
+            preds = self.postprocess(prediction, batch["scale"], batch["resized_shape"])
             for row in np.flatnonzero(valid):
                 key = int(batch["index"][row])
                 gts[key] = _gt_instances(batch, row)

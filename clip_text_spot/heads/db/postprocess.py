@@ -31,7 +31,7 @@ import numpy as np
 import pyclipper
 import shapely
 
-TEXT_REPRS = ("quad", "poly")
+from clip_text_spot.heads.common import TEXT_REPRS, resolve_preset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +62,9 @@ DB_PRESETS: dict[str, DBPostprocessConfig] = {
 }
 
 
-def _resolve(config: DBPostprocessConfig | str | None, overrides: dict) -> DBPostprocessConfig:
-    if isinstance(config, str):
-        if config not in DB_PRESETS:
-            raise ValueError(f"unknown DB preset {config!r}; choose one of {tuple(DB_PRESETS)}")
-        config = DB_PRESETS[config]
-    return dataclasses.replace(config or DBPostprocessConfig(), **overrides)
+def resolve_config(config: DBPostprocessConfig | str | None = None, **overrides) -> DBPostprocessConfig:
+    """A config, a ``DB_PRESETS`` name or None (mmocr's DBNet setting), with field overrides."""
+    return resolve_preset(config, DB_PRESETS, DBPostprocessConfig(), "DB", **overrides)
 
 
 def mean_score_in_polygon(prob: np.ndarray, points: np.ndarray) -> float:
@@ -114,7 +111,7 @@ def db_postprocess(
     ``DB_PRESETS`` name (default mmocr's DBNet setting, quads); keyword ``overrides`` replace single fields, e.g.
     ``text_repr="poly"``. ``scale``: ``(w_scale, h_scale)`` of the resize applied before the network.
     """
-    cfg = _resolve(config, overrides)
+    cfg = resolve_config(config, **overrides)
     prob = np.asarray(prob_map, np.float32)
     if prob.ndim == 3 and prob.shape[0] == 1:
         prob = prob[0]
@@ -170,7 +167,7 @@ def db_postprocess_batch(
     for name, seq in (("scales", scales), ("valid_sizes", valid_sizes)):
         if seq is not None and len(seq) != len(maps):
             raise ValueError(f"{name} has {len(seq)} entries for a batch of {len(maps)}")
-    cfg = _resolve(config, overrides)
+    cfg = resolve_config(config, **overrides)
     out = []
     for b, prob in enumerate(maps):
         if valid_sizes is not None:

@@ -34,6 +34,8 @@ import cv2
 import numpy as np
 import pyclipper
 
+from clip_text_spot.heads.common import perimeter, shoelace_area, shrink_offset
+
 TARGET_KEYS = ("gt_shrink", "gt_shrink_mask", "gt_thr", "gt_thr_mask")
 _EPS = float(np.finfo(np.float32).eps)
 
@@ -58,39 +60,12 @@ DB_TARGETS = DBTargetConfig()
 """mmocr's / TCM's constants."""
 
 
-def shoelace_area(poly: np.ndarray) -> float:
-    """Signed area of a polygon [n, 2] (positive for clockwise points in image coordinates, as mmocr computes it)."""
-    p = np.asarray(poly, np.float64)
-    q = np.concatenate([p[1:], p[:1]])
-    return float(np.dot(q[:, 0] - p[:, 0], q[:, 1] + p[:, 1]) / 2.0)
-
-
-def _perimeter(poly: np.ndarray) -> float:
-    p = np.asarray(poly, np.float64)
-    d = np.concatenate([p[1:], p[:1]]) - p
-    return float(np.sqrt((d * d).sum(axis=1)).sum())
-
-
 def is_invalid_polygon(poly: np.ndarray, min_short_size: float) -> bool:
     """mmocr's ``invalid_polygon``: area below 1 or the short side of the int32 min-area rectangle too small."""
     if len(poly) < 3 or abs(shoelace_area(poly)) < 1:
         return True
     _, (w, h), _ = cv2.minAreaRect(poly.astype(np.int32))
     return min(w, h) < min_short_size
-
-
-def shrink_offset(poly: np.ndarray, shrink_ratio: float, max_shrink: int | None = None) -> tuple[int, list]:
-    """mmocr's ``generate_kernels`` offset of one polygon: ``(d, paths)``, the pyclipper paths of the int32 polygon
-    offset inwards by ``d = min(int(A (1 - r^2) / (L + 0.001) + 0.5), max_shrink)`` (JT_ROUND, closed)."""
-    inst = np.asarray(poly).astype(np.int32)
-    area = abs(shoelace_area(inst))  # what shapely's Polygon.area computes
-    peri = _perimeter(inst)  # = cv2.arcLength(closed)
-    distance = int(area * (1 - shrink_ratio * shrink_ratio) / (peri + 0.001) + 0.5)
-    if max_shrink is not None:
-        distance = min(distance, max_shrink)
-    pco = pyclipper.PyclipperOffset()
-    pco.AddPath(inst.tolist(), pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
-    return distance, pco.Execute(-distance)
 
 
 def shrink_polygon(poly: np.ndarray, shrink_ratio: float) -> np.ndarray | None:
@@ -140,7 +115,7 @@ def _min_edge_ratio(poly: np.ndarray, x0: int, x1: int, y0: int, y1: int, distan
 def draw_border_map(poly: np.ndarray, shrink_ratio: float, canvas: np.ndarray, mask: np.ndarray) -> None:
     """mmocr's ``draw_border_map`` for one float polygon [n, 2]: updates ``canvas`` (float32) and ``mask`` in place."""
     poly = np.asarray(poly, np.float64)
-    distance = abs(shoelace_area(poly)) * (1 - shrink_ratio**2) / _perimeter(poly)  # shapely area and length
+    distance = abs(shoelace_area(poly)) * (1 - shrink_ratio**2) / perimeter(poly)  # shapely area and length
     pco = pyclipper.PyclipperOffset()
     pco.AddPath([tuple(p) for p in poly.tolist()], pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
     padded = pco.Execute(distance)

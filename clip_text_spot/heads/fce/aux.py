@@ -2,7 +2,7 @@
 
 The score map S [B, h, w, 1] at stride 32 (raw cosines) divided by tau is compared, *without* upsampling, with the
 matching map of the FCE targets (the fourth level, stride 32): balanced BCE with logits and OHEM (negative ratio 3)
-against its text-region channel, masked by its effective-mask channel (``models.dbnet.balanced_bce``).
+against its text-region channel, masked by its effective-mask channel (``heads.common.balanced_bce``).
 
 Per-image pairing (default): each image's logits meet its own targets. The released code, for B > 1, multiplies the
 [B, 1, h, w] losses by the [B, h, w] masks, so the positive sum and the hard-negative top-k run over all B x B
@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from clip_text_spot.models.dbnet import balanced_bce, bce_with_logits, top_k_sum
+from clip_text_spot.heads.common import balanced_bce, bce_with_logits, top_k_sum
 
 
 def _broadcast_balanced_bce(logits: jax.Array, gt: jax.Array, mask: jax.Array, ratio: float, eps: float) -> jax.Array:

@@ -12,7 +12,7 @@ Per level, over all pixels of the batch (predictions and targets NHWC; targets a
   averaged over P x 50; 0 when P is empty.
 
 Each term is summed over the levels. Boolean selections become masked sums and counts; the OHEM top-k is
-``models.dbnet.top_k_sum`` (exact, no sort). ``fourier2poly`` uses the reference's float32 angle table
+``heads.common.top_k_sum`` (exact, no sort). ``fourier2poly`` uses the reference's float32 angle table
 ``float32(2 pi / n) * (m j)``: the angles themselves are rounded, which moves points by up to 4e-5 against a float64
 evaluation, and parity needs the same rounding.
 """
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_text_spot.models.dbnet import top_k_sum
+from clip_text_spot.heads.common import top_k_sum
 
 LOSS_TERMS = ("loss_text", "loss_center", "loss_reg_x", "loss_reg_y")
 

@@ -22,32 +22,17 @@ import jax
 import numpy as np
 from flax import nnx
 
+from clip_text_spot.heads.common import biased_conv, nearest_resize, official_to_flat
 from clip_text_spot.models.clip.convert import assign_flat
-from clip_text_spot.models.dbnet import nearest_resize, official_dbnet_to_flat
 from clip_text_spot.models.fasttcm.official import read_official_state
 from clip_text_spot.models.layers import Dtype
-
-
-def _conv(cin: int, cout: int, k: int, init: nnx.Initializer, *, rngs: nnx.Rngs, dtype: Dtype) -> nnx.Conv:
-    """PyTorch ``Conv2d(cin, cout, k, padding=k // 2, bias=True)``, bias 0."""
-    pad = k // 2
-    return nnx.Conv(
-        cin,
-        cout,
-        kernel_size=(k, k),
-        padding=((pad, pad), (pad, pad)),
-        dtype=dtype,
-        rngs=rngs,
-        kernel_init=nnx.with_partitioning(init, (None, None, "conv_in", "conv_out")),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
-    )
 
 
 class ConvModule(nnx.Module):
     """mmcv ``ConvModule`` without norm and activation: a conv with bias held as ``conv`` (for the names)."""
 
     def __init__(self, cin: int, cout: int, k: int, *, rngs: nnx.Rngs, dtype: Dtype = None):
-        self.conv = _conv(cin, cout, k, nnx.initializers.xavier_uniform(), rngs=rngs, dtype=dtype)
+        self.conv = biased_conv(cin, cout, k, nnx.initializers.xavier_uniform(), rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(x)
@@ -87,8 +72,8 @@ class FCEHead(nnx.Module):
 
     def __init__(self, in_channels: int = 256, fourier_degree: int = 5, *, rngs: nnx.Rngs, dtype: Dtype = None):
         init = nnx.initializers.normal(0.01)
-        self.out_conv_cls = _conv(in_channels, 4, 3, init, rngs=rngs, dtype=dtype)
-        self.out_conv_reg = _conv(in_channels, 2 * (2 * fourier_degree + 1), 3, init, rngs=rngs, dtype=dtype)
+        self.out_conv_cls = biased_conv(in_channels, 4, 3, init, rngs=rngs, dtype=dtype)
+        self.out_conv_reg = biased_conv(in_channels, 2 * (2 * fourier_degree + 1), 3, init, rngs=rngs, dtype=dtype)
 
     def __call__(self, feats: Sequence[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
         """Per level ``(cls [B, h, w, 4], reg [B, h, w, 2 (2k + 1)])``."""
@@ -122,4 +107,4 @@ def load_official_fcenet(model: FCEDecoder, source: str | Mapping[str, np.ndarra
     """
     sd = read_official_state(source) if isinstance(source, str) else source
     name = source if isinstance(source, str) else "state dict"
-    assign_flat(model, official_dbnet_to_flat(sd), f"FCENet weights ({name})")
+    assign_flat(model, official_to_flat(sd), f"FCENet weights ({name})")

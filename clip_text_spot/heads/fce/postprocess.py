@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 import shapely
 
+from clip_text_spot.heads.common import TEXT_REPRS, resolve_preset
 from clip_text_spot.metrics.polygons import prepare_polygons
-from clip_text_spot.postprocess.db import TEXT_REPRS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +66,7 @@ FCE_PRESETS: dict[str, FCEPostprocessConfig] = {
 
 def resolve_config(config: FCEPostprocessConfig | str | None = None, **overrides) -> FCEPostprocessConfig:
     """A config, a preset name or None (``mmocr`` defaults), with field overrides."""
-    if isinstance(config, str):
-        if config not in FCE_PRESETS:
-            raise ValueError(f"unknown FCE preset {config!r}; choose one of {tuple(FCE_PRESETS)}")
-        config = FCE_PRESETS[config]
-    return dataclasses.replace(config or FCEPostprocessConfig(), **overrides)
+    return resolve_preset(config, FCE_PRESETS, FCEPostprocessConfig(), "FCE", **overrides)
 
 
 def _softmax_fg(logits: np.ndarray) -> np.ndarray:

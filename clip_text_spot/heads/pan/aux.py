@@ -13,8 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from clip_text_spot.heads.common import score_map_logits
 from clip_text_spot.heads.pan.loss import dice_with_logits, ohem_text_mask
-from clip_text_spot.models.dbnet import score_map_logits
 
 
 def pan_score_map_aux_loss(

@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from clip_text_spot.heads.common import biased_conv, nearest_resize, official_to_flat
 from clip_text_spot.models.clip.convert import CheckpointMismatchError, assign_flat
-from clip_text_spot.models.dbnet import nearest_resize, official_dbnet_to_flat
 from clip_text_spot.models.layers import Dtype
 from clip_text_spot.models.resize import resize_grid
 
@@ -72,31 +72,9 @@ def _bn(c: int, *, rngs: nnx.Rngs) -> TorchBatchNorm:
     return TorchBatchNorm(c, momentum=0.9, epsilon=1e-5, rngs=rngs)
 
 
-def _conv(
-    cin: int,
-    cout: int,
-    k: int,
-    *,
-    rngs: nnx.Rngs,
-    dtype: Dtype,
-    stride: int = 1,
-    groups: int = 1,
-    init: nnx.Initializer = XAVIER_UNIFORM,
-) -> nnx.Conv:
-    """PyTorch ``Conv2d(cin, cout, k, stride, padding=k // 2, groups, bias=True)`` (symmetric padding)."""
-    pad = k // 2
-    return nnx.Conv(
-        cin,
-        cout,
-        kernel_size=(k, k),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        feature_group_count=groups,
-        dtype=dtype,
-        rngs=rngs,
-        kernel_init=nnx.with_partitioning(init, (None, None, "conv_in", "conv_out")),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
-    )
+def _conv(cin: int, cout: int, k: int, *, rngs: nnx.Rngs, dtype: Dtype, **kw) -> nnx.Conv:
+    """The neck's biased conv (Xavier-uniform init); ``kw``: ``stride``, ``groups``."""
+    return biased_conv(cin, cout, k, XAVIER_UNIFORM, rngs=rngs, dtype=dtype, **kw)
 
 
 class SeparableConv(nnx.Module):
@@ -175,9 +153,8 @@ class PANHead(nnx.Module):
     """mmocr's ``PANHead``: concatenated neck maps -> 1x1 conv to [B, H/4, W/4, 6] (text, kernel, 4-d embedding)."""
 
     def __init__(self, in_channels: int, *, rngs: nnx.Rngs, dtype: Dtype = None):
-        self.out_conv = _conv(
-            in_channels, PAN_OUT_CHANNELS, 1, rngs=rngs, dtype=dtype, init=nnx.initializers.normal(0.01)
-        )
+        init = nnx.initializers.normal(0.01)
+        self.out_conv = biased_conv(in_channels, PAN_OUT_CHANNELS, 1, init, rngs=rngs, dtype=dtype)
 
     def __call__(self, feats: Sequence[jax.Array]) -> jax.Array:
         return self.out_conv(jnp.concatenate(list(feats), axis=-1))
@@ -228,6 +205,6 @@ def load_official_pan(source: str | Mapping[str, np.ndarray], dtype: Dtype = Non
         raise CheckpointMismatchError(f"PANet checkpoint has FPEM indices {sorted(repeats)}, expected 0..N-1")
     model = PANDecoder([s[1] for s in in_channels], conv_out, len(repeats), rngs=nnx.Rngs(0), dtype=dtype)
     source_name = source if isinstance(source, str) else "PANet state dict"
-    assign_flat(model, official_dbnet_to_flat(sd), f"{source_name} (neck.* / bbox_head.*)")
+    assign_flat(model, official_to_flat(sd), f"{source_name} (neck.* / bbox_head.*)")
     model.eval()
     return model

@@ -37,7 +37,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-TEXT_REPRS = ("quad", "poly")
+from clip_text_spot.heads.common import TEXT_REPRS, resolve_preset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +68,7 @@ PAN_PRESETS: dict[str, PANPostprocessConfig] = {
 
 def resolve_config(config: PANPostprocessConfig | str | None = None, **overrides) -> PANPostprocessConfig:
     """A preset name or a config (default: mmocr's), with field ``overrides``."""
-    if isinstance(config, str):
-        if config not in PAN_PRESETS:
-            raise ValueError(f"unknown PAN preset {config!r}; choose one of {tuple(PAN_PRESETS)}")
-        config = PAN_PRESETS[config]
-    return dataclasses.replace(config or PANPostprocessConfig(), **overrides)
+    return resolve_preset(config, PAN_PRESETS, PANPostprocessConfig(), "PAN", **overrides)
 
 
 class GroupInputs(NamedTuple):

@@ -2,7 +2,7 @@
 
 Per image at network input resolution, for each shrink ratio r (mmocr IC15: (1.0, 0.5); CTW: (1.0, 0.7)):
 each text polygon t (0-based, annotation order) is cast to int32, offset inwards with pyclipper by
-``min(int(A (1 - r^2) / (L + 0.001) + 0.5), max_shrink)`` (``data.db_targets.shrink_offset``) and the first
+``min(int(A (1 - r^2) / (L + 0.001) + 0.5), max_shrink)`` (``heads.common.shrink_offset``) and the first
 resulting path is filled with ``t + 1`` (later polygons overwrite earlier ones); an empty offset skips the polygon
 (PAN tags nothing as ignored). r = 1.0 gives the polygon after a pyclipper round trip. ``gt_mask`` is ones with every
 ignore polygon (int32) filled with 0.
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from clip_text_spot.data.db_targets import shrink_offset
+from clip_text_spot.heads.common import shrink_offset
 
 
 @dataclasses.dataclass(frozen=True)
