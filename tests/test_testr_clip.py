@@ -4,6 +4,7 @@ predictions, matching, every loss term incl. the pixel (Dice) loss with the offi
 target map, the probability map and gradients, all from one jitted forward + loss + grad. Then the binary target,
 FastTCM's text cache, padding isolation and the CR50 backbone on tiny random models."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,16 +14,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import DATA
-from flax import nnx
+from flax import nnx, traverse_util
 from safetensors.numpy import load_file
 
 from clip_text_spot.models.clip.config import CLIPConfig, ResNetConfig, TextConfig
 from clip_text_spot.models.clip.model import CLIP
+from clip_text_spot.models.fasttcm.config import DecoderConfig, FastTCMConfig
 from clip_text_spot.models.testr.losses import LossConfig, match_all
 from clip_text_spot.models.testr.matcher import assignment_pairs
+from clip_text_spot.models.testr.model import TESTRConfig
 from clip_text_spot.models.testr.official import from_official_testr_clip
 from clip_text_spot.models.testr.targets import batch_targets
 from clip_text_spot.models.testr.tcm import (
+    TESTRTCMConfig,
     batch_pixel_targets,
     build_testr_tcm,
     optim_groups,
@@ -199,3 +203,96 @@ def test_binary_target_differs_only_at_instance_indices_above_one(base, sem_seg)
     differ = binary != instance
     assert differ.any() and (instance[differ] > 1).all()
     np.testing.assert_array_equal(binary, instance > 0)
+
+
+def test_fasttcm_text_cache_and_padding_isolation(base, ref, sem_seg, run):
+    """FastTCM (random meta query and prompt modules, the fixture's sizes): the cached text embedding gives the
+    uncached CLIP side (TESTR only sees the features and the score map); with isolate_padding, image 1 of the padded
+    batch gets the CLIP side and pixel probabilities it gets alone."""
+    config = load().config
+    config = dataclasses.replace(config, prompting=config.prompting.replace(fast=True))
+    config = dataclasses.replace(config, testr=dataclasses.replace(config.testr, isolate_padding=True))
+    model = build_testr_tcm(config, rngs=nnx.Rngs(1), prompt_ids=ref["clip_texts"], with_backbone=False)
+    model.eval()
+    feats = features(base)
+    sizes = jnp.asarray(base["in_image_sizes"], jnp.int32)
+    h, w = (int(x) for x in base["in_image_sizes"][1])
+    alone = [f[1:, : -(-h // s), : -(-w // s)] for f, s in zip(feats, (8, 16, 32), strict=True)]
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def step(state, feats, alone, sem):
+        m = nnx.merge(graphdef, state)
+        cache = m.precompute_text()
+        batch, fresh, single = m.match(feats, sizes, cache), m.match(feats, sizes), m.match(alone, sizes[1:], cache)
+        probs = [
+            pixel_loss(x["score_map"], s, z, stride=16)[1]
+            for x, s, z in ((batch, sem, sizes), (single, sem[1:, :h, :w], sizes[1:]))
+        ]
+        return batch, fresh, single, probs
+
+    batch, fresh, single, (p_batch, p_single) = jax.tree.map(np.asarray, step(state, feats, alone, sem_seg))
+    assert batch.keys() == fresh.keys() and "clip_prompt_gen" in batch  # the meta query's cue
+    for k in batch:
+        np.testing.assert_array_equal(batch[k], fresh[k], err_msg=k)
+    for k in ("clip_global_feat", "clip_text_final"):
+        assert max_err(batch[k][1:], single[k]) <= 1e-6, k
+    hs, ws = single["score_map"].shape[1:3]
+    assert max_err(batch["score_map"][1:, :hs, :ws], single["score_map"]) <= 1e-6
+    assert max_err(p_batch[1:, :h, :w], p_single) <= 1e-6
+    with pytest.raises(ValueError, match="FastTCM"):
+        load().forward_features(feats, sizes, text_cache=jnp.zeros((1, 1, 1024)))
+
+
+def test_cr50_backbone_loads_clip_and_adds_the_score_map_at_res5():
+    """Paper variant: CLIP's ModifiedResNet (C3..C5 into TESTR, the dense attention pool for the prompting), weights
+    from a CLIP model (as ``load_pretrained`` returns it); optimiser groups freeze the text tower on request."""
+    vision = ResNetConfig(layers=(1, 1, 1, 1), width=8, heads=2, image_size=64)
+    clip_cfg = CLIPConfig(32, TextConfig(vocab_size=64, width=32, layers=1, heads=2, mlp_dim=64), vision)
+    config = TESTRTCMConfig(
+        testr=TESTRConfig(
+            dim=32,
+            heads=2,
+            enc_layers=1,
+            dec_layers=1,
+            ffn=32,
+            num_queries=4,
+            chars=3,
+            voc_size=5,
+            backbone_channels=(64, 128, 256),
+            isolate_padding=True,
+        ),
+        prompting=FastTCMConfig(
+            clip=clip_cfg,
+            prompt_length=6,
+            n_ctx=2,
+            vpg=DecoderConfig(32, 2, 1, 0.0),
+            context_decoder=DecoderConfig(32, 2, 1, 0.0),
+        ),
+        backbone="cr50",
+        freeze_text=True,
+    )
+    ids = np.array([[62, 5, 9, 63, 0, 0]])
+    model = build_testr_tcm(config, rngs=nnx.Rngs(0), prompt_ids=ids)
+    clip = CLIP(clip_cfg.replace(text={"context_length": 16}), rngs=nnx.Rngs(3))
+    model.load_clip(clip)
+    model.eval()
+    np.testing.assert_array_equal(
+        model.backbone.layer3[0].conv1.kernel[...], clip.vision_model.layer3[0].conv1.kernel[...]
+    )
+    np.testing.assert_array_equal(
+        model.clip.text_encoder.text_model.embeddings.position_embedding.embedding[...],
+        clip.text_model.embeddings.position_embedding.embedding[...][:8],
+    )
+    pixels = jax.ShapeDtypeStruct((2, 64, 96, 3), jnp.float32)  # traced, not compiled: shapes and wiring
+    out = nnx.eval_shape(
+        lambda m, x: m(x, jnp.array([[64, 96], [40, 64]]), text_cache=m.precompute_text()), model, pixels
+    )
+    assert config.score_level == 2 and out["score_map"].shape == (2, 2, 3, 1)  # res5's grid
+    assert out["pred_texts"].shape == (2, 4, 3, 6)
+    labels = param_labels(nnx.to_pure_dict(nnx.state(model, nnx.Param)), optim_groups(config))
+    flat = {"/".join(map(str, k)): v for k, v in traverse_util.flatten_dict(labels).items()}
+    assert {v for k, v in flat.items() if k.startswith("clip/text_encoder/")} == {"g0"}  # frozen
+    assert flat["clip/contexts"] == flat["backbone/conv1/kernel"] == "g1"  # LR_BACKBONE
+    assert {v for k, v in flat.items() if "sampling_offsets" in k} == {"g2"}
+    assert flat["testr/text_embed"] == "default"

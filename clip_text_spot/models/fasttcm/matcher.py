@@ -120,7 +120,7 @@ class TextPrompting(nnx.Module):
             raise ValueError("precompute_text needs a FastTCM model (config.fast=True): TCM's text is per image")
         return self._text(self._cue(self._meta_query()))
 
-    def _check_call(self, text_cache: jax.Array | None, rngs: nnx.Rngs | jax.Array | None) -> nnx.Rngs | None:
+    def prepare_call(self, text_cache: jax.Array | None, rngs: nnx.Rngs | jax.Array | None) -> nnx.Rngs | None:
         """Validates ``text_cache`` / ``rngs`` for a matching call; a key becomes ``nnx.Rngs(dropout=key)``."""
         if text_cache is not None and not self.config.fast:
             raise ValueError("text_cache is only valid for FastTCM (config.fast=True)")
@@ -220,7 +220,7 @@ class TCMMatcher(TextPrompting):
         ``text_cache`` (FastTCM, from ``precompute_text``) skips the text tower. ``rngs``: dropout randomness in
         train mode (a key is wrapped as ``nnx.Rngs(dropout=key)``).
         """
-        rngs = self._check_call(text_cache, rngs)
+        rngs = self.prepare_call(text_cache, rngs)
         feats, global_feat, local = self.backbone.dense(images.astype(self.config.dtype))
         feats = [f.astype(jnp.float32) for f in feats]
         g, local = global_feat.astype(jnp.float32), local.astype(jnp.float32)

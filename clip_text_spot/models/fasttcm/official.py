@@ -247,6 +247,18 @@ def official_to_flat(sd: Flat) -> Flat:
     return out
 
 
+def check_prompt_ids(config: FastTCMConfig, prompt_ids: np.ndarray | None) -> None:
+    """Error unless ``prompt_ids`` fit the checkpoint's vocabulary (None needs OpenAI's 49,408 tokens)."""
+    vocab = config.clip.text.vocab_size
+    if prompt_ids is None and vocab != 49408:
+        raise ValueError(
+            f"the checkpoint's vocabulary has {vocab} tokens, not OpenAI's 49408: "
+            "pass prompt_ids tokenised with its own tokenizer"
+        )
+    if prompt_ids is not None and int(np.max(prompt_ids)) >= vocab:
+        raise ValueError(f"prompt_ids hold id {int(np.max(prompt_ids))} >= vocab size {vocab}")
+
+
 def from_official_tcm(
     path: str | Flat,
     fast: bool = False,
@@ -282,13 +294,7 @@ def from_official_tcm(
         dropout=dropout,
         dtype=dtype,
     )
-    if prompt_ids is None and config.clip.text.vocab_size != 49408:
-        raise ValueError(
-            f"the checkpoint's vocabulary has {config.clip.text.vocab_size} tokens, not OpenAI's 49408: "
-            "pass prompt_ids tokenised with its own tokenizer"
-        )
-    if prompt_ids is not None and int(np.max(prompt_ids)) >= config.clip.text.vocab_size:
-        raise ValueError(f"prompt_ids hold id {int(np.max(prompt_ids))} >= vocab size {config.clip.text.vocab_size}")
+    check_prompt_ids(config, prompt_ids)
     flat = official_to_flat(sd)
     model = nnx.eval_shape(lambda: TCMMatcher(config, rngs=nnx.Rngs(0), prompt_ids=prompt_ids))
     model = _materialize(model)

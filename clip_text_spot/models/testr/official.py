@@ -387,11 +387,7 @@ def from_official_testr_clip(
         dropout=clip_dropout,
         dtype=testr.config.dtype,
     )
-    if prompt_ids is None and prompting.clip.text.vocab_size != 49408:
-        raise ValueError(
-            f"the checkpoint's vocabulary has {prompting.clip.text.vocab_size} tokens, not OpenAI's 49408: "
-            "pass prompt_ids tokenised with its own tokenizer"
-        )
+    fasttcm_official.check_prompt_ids(prompting, prompt_ids)
     ids = None if prompt_ids is None else tuple(tuple(int(i) for i in row) for row in np.asarray(prompt_ids))
     clip = _zeros_model(_build_prompting, prompting, ids)
     source = path if isinstance(path, str) else "official TESTR-CLIP state dict"

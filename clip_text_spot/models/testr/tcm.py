@@ -171,7 +171,7 @@ class TESTRTCM(nnx.Module):
         """NHWC (res3, res4, res5) and unpadded ``image_sizes`` int [B, 2] -> TESTR's output dict plus
         ``score_map`` [B, h, w, 1] (the cosine map added to the score level). ``text_cache`` (FastTCM) skips the
         text tower; ``capture`` also receives ``match``'s CLIP-side entries."""
-        rngs = self.clip._check_call(text_cache, rngs)
+        rngs = self.clip.prepare_call(text_cache, rngs)
         matched = self.match(features, image_sizes, text_cache, rngs)
         score = matched["score_map"]
         if capture is not None:
