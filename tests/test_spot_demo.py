@@ -11,6 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import DATA
+from PIL import Image
 from test_cli_bad_inputs import write_bad_images
 
 from clip_text_spot import predict_rec, spot
@@ -150,12 +151,27 @@ def test_pipelined_batches_give_each_image_its_own_words(demo_workdir):
     assert set(spotter.timings) == {"preprocess", "detector", "postprocess", "rectify", "recognizer"}
 
 
+def test_spotter_reads_with_an_official_recogniser(demo_workdir, tmp_path):
+    """--recognizer=FILE.safetensors (+ FILE.json): the PARSeq fixture reads the detector's regions."""
+    recognizer = tmp_path / "parseq.safetensors"
+    recognizer.write_bytes((DATA / "parseq_tiny" / "parseq.safetensors").read_bytes())
+    kwargs = json.loads((DATA / "parseq_tiny" / "config.json").read_text())["model_kwargs"]
+    (tmp_path / "parseq.json").write_text(json.dumps({"kind": "parseq", **kwargs}))
+    spotter = Spotter.from_checkpoints(str(demo_workdir), str(recognizer), options=SpotOptions(batch_size=1))
+    assert spotter.crop_size == (32, 128) and spotter.charset.max_len == kwargs["max_label_length"]
+    image = np.asarray(Image.open(DATA / "readers" / "opencv_text" / "scenetext01.jpg").convert("RGB"))
+    device_images, batch = spotter.prepare([image])
+    quad = np.array([[40, 40], [200, 40], [200, 90], [40, 90]], np.float32)
+    ((text, confidence),) = spotter.read_regions(device_images, batch["resized_shape"], [(0, quad)])
+    assert isinstance(text, str) and len(text) <= kwargs["max_label_length"] and 0.0 <= confidence <= 1.0
+
+
 def test_spot_cli_errors_name_the_problem(demo_workdir, tmp_path, capsys):
     image = str(DATA / "readers" / "opencv_text" / "scenetext01.jpg")
     assert spot.main([f"--detector={demo_workdir / 'finetune'}", f"--recognizer={demo_workdir}", image]) == 2
     assert "a fasttcm detector is needed" in capsys.readouterr().err
     assert spot.main([f"--detector={demo_workdir}", f"--recognizer={demo_workdir / 'detector'}", image]) == 2
-    assert "a dptr_finetune one is needed" in capsys.readouterr().err
+    assert "needs a dptr_finetune checkpoint" in capsys.readouterr().err
     assert spot.main([f"--detector={demo_workdir}", f"--recognizer={demo_workdir}", str(tmp_path / "none.jpg")]) == 2
     assert "none.jpg: no such file" in capsys.readouterr().err
 
