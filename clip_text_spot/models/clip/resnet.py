@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from clip_text_spot.models.clip.config import ResNetConfig
 from clip_text_spot.models.layers import Dtype, dense, multi_head_attention
@@ -37,6 +38,29 @@ def _bn(c: int, *, rngs: nnx.Rngs, dtype: Dtype, eps: float) -> nnx.BatchNorm:
     return nnx.BatchNorm(c, momentum=0.9, epsilon=eps, dtype=dtype, rngs=rngs)
 
 
+def apply_conv(conv: nnx.Conv, x: jax.Array, kernel: jax.Array | None = None) -> jax.Array:
+    """``conv(x)`` (bias-free, NHWC), optionally with another ``kernel``. A 1x1 stride-1 convolution is computed as a
+    matmul over channels: XLA's CPU dot sums in the same order as its convolution and took 0.45-0.95x its time at
+    RN50's 1x1 shapes on a 2-core CPU."""
+    kernel = conv.kernel[...] if kernel is None else kernel
+    dtype = jnp.dtype(conv.dtype) if conv.dtype is not None else jnp.result_type(x, kernel)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if kernel.shape[:2] == (1, 1) and tuple(conv.strides) == (1, 1):
+        return jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
+    return lax.conv_general_dilated(x, kernel, conv.strides, conv.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_bn(conv: nnx.Conv, bn: nnx.BatchNorm, x: jax.Array) -> jax.Array:
+    """``bn(conv(x))``. In eval mode (BatchNorm ``use_running_average``: frozen statistics) BatchNorm's affine map is
+    folded into the kernel and a bias, which saves its pass over the activations; in train mode BatchNorm runs as
+    is (batch statistics, running-average updates)."""
+    if not bn.use_running_average:
+        return bn(apply_conv(conv, x))
+    mul = bn.scale[...] * lax.rsqrt(bn.var[...] + bn.epsilon)
+    y = apply_conv(conv, x, conv.kernel[...] * mul)
+    return y + (bn.bias[...] - bn.mean[...] * mul).astype(y.dtype)
+
+
 def avg_pool(x: jax.Array, k: int) -> jax.Array:
     """PyTorch ``AvgPool2d(k)`` (kernel = stride = k, floor mode) on NHWC."""
     if k == 1:
@@ -53,7 +77,7 @@ class Downsample(nnx.Module):
         self.bn = _bn(cout, rngs=rngs, dtype=dtype, eps=eps)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.bn(self.conv(avg_pool(x, self.stride)))
+        return conv_bn(self.conv, self.bn, avg_pool(x, self.stride))
 
 
 class Bottleneck(nnx.Module):
@@ -75,9 +99,9 @@ class Bottleneck(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        out = jax.nn.relu(self.bn1(self.conv1(x)))
-        out = jax.nn.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(avg_pool(out, self.stride)))
+        out = jax.nn.relu(conv_bn(self.conv1, self.bn1, x))
+        out = jax.nn.relu(conv_bn(self.conv2, self.bn2, out))
+        out = conv_bn(self.conv3, self.bn3, avg_pool(out, self.stride))
         identity = x if self.downsample is None else self.downsample(x)
         return jax.nn.relu(out + identity)
 
@@ -149,9 +173,9 @@ class ModifiedResNet(nnx.Module):
         self.attnpool = AttentionPool2d(cfg.image_size // 32, w * 32, cfg.heads, embed_dim, rngs=rngs, dtype=dtype)
 
     def stem(self, x: jax.Array) -> jax.Array:
-        x = jax.nn.relu(self.bn1(self.conv1(x)))
-        x = jax.nn.relu(self.bn2(self.conv2(x)))
-        x = jax.nn.relu(self.bn3(self.conv3(x)))
+        x = jax.nn.relu(conv_bn(self.conv1, self.bn1, x))
+        x = jax.nn.relu(conv_bn(self.conv2, self.bn2, x))
+        x = jax.nn.relu(conv_bn(self.conv3, self.bn3, x))
         return avg_pool(x, 2)
 
     def features(self, pixels: jax.Array) -> list[jax.Array]:
