@@ -68,8 +68,8 @@ class HeadKind:
     def outputs(cls, raw: Any) -> dict[str, jax.Array]:
         raise NotImplementedError
 
-    @classmethod
-    def resolve(cls, preset: Any = None, **overrides) -> Any:
+    @staticmethod
+    def resolve(preset: Any = None, **overrides) -> Any:
         """The post-processing config of a preset name (or config, or None) with field overrides."""
         raise NotImplementedError
 

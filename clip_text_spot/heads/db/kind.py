@@ -42,9 +42,7 @@ class DBHeadKind(HeadKind):
     def outputs(cls, raw: Any) -> dict[str, jax.Array]:
         return {k: getattr(raw, k).astype(jnp.float32) for k in ("prob", "thr", "binary")}
 
-    @classmethod
-    def resolve(cls, preset: Any = None, **overrides):
-        return resolve_config(preset, **overrides)
+    resolve = staticmethod(resolve_config)
 
     @property
     def targets(self) -> DBTargets:

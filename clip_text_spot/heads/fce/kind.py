@@ -58,9 +58,7 @@ class FCEHeadKind(HeadKind):
             out[f"cls_{i}"], out[f"reg_{i}"] = cls_map.astype(jnp.float32), reg.astype(jnp.float32)
         return out
 
-    @classmethod
-    def resolve(cls, preset: Any = None, **overrides):
-        return resolve_config(preset, **overrides)
+    resolve = staticmethod(resolve_config)
 
     @property
     def targets(self) -> FCETargets:

@@ -59,9 +59,7 @@ class PANHeadKind(HeadKind):
     def outputs(cls, raw: jax.Array) -> dict[str, jax.Array]:
         return {"preds": raw.astype(jnp.float32)}
 
-    @classmethod
-    def resolve(cls, preset: Any = None, **overrides):
-        return resolve_config(preset, **overrides)
+    resolve = staticmethod(resolve_config)
 
     @property
     def targets(self) -> PANTargets:
