@@ -102,6 +102,27 @@ def time_train_step(run: Any, batch_np: dict, steps: int) -> StepTiming:
     return StepTiming((time.perf_counter() - t0) / steps, compiled_flops(step_fn), compiled_peak_bytes(step_fn))
 
 
+def train_step_figures(run: Any, batch_np: dict, batch: int, steps: int) -> dict[str, float | None]:
+    """A train step's figures: ``img_per_s``, ``mfu`` (with ``steps > 0``), ``step_tflops_per_device`` and
+    ``step_gib_per_device``; ``steps=0`` compiles only (no timing, nothing allocated)."""
+    import jax
+
+    if steps == 0:
+        compiled = compile_train_step(run, {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch_np.items()})
+        flops = compiled_flops(compiled)
+        return {
+            "step_tflops_per_device": None if flops is None else flops / 1e12,
+            "step_gib_per_device": gib(compiled_peak_bytes(compiled)),
+        }
+    t = time_train_step(run, batch_np, steps)
+    return {
+        "img_per_s": batch / t.seconds,
+        "step_tflops_per_device": None if t.flops is None else t.flops / 1e12,
+        "mfu": mfu(t.flops, t.seconds),
+        "step_gib_per_device": gib(t.peak_bytes),
+    }
+
+
 def mfu(flops: float | None, seconds: float) -> float | None:
     """Model FLOPs utilisation of one chip doing ``flops`` in ``seconds`` (None off the peak table)."""
     import jax

@@ -26,18 +26,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from report import (  # noqa: E402
-    compile_train_step,
-    compiled_flops,
-    compiled_peak_bytes,
-    device_fields,
-    emit,
-    gib,
-    mfu,
-    time_train_step,
-)
+from report import device_fields, emit, train_step_figures  # noqa: E402
 
 from clip_text_spot import trainer  # noqa: E402
 from clip_text_spot.models.testr.spotter import TESTRSpotter  # noqa: E402
@@ -80,20 +70,7 @@ def train_speed(config, batch: int, hw: tuple[int, int], steps: int) -> dict[str
     config.batch_size = batch
     run = trainer.setup(config, TESTRTask(config))
     batch_np = random_batch(config, batch, hw, np.random.default_rng(0))
-    if steps == 0:
-        compiled = compile_train_step(run, {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch_np.items()})
-        flops = compiled_flops(compiled)
-        return {
-            "step_tflops_per_device": None if flops is None else flops / 1e12,
-            "step_gib_per_device": gib(compiled_peak_bytes(compiled)),
-        }
-    t = time_train_step(run, batch_np, steps)
-    return {
-        "img_per_s": batch / t.seconds,
-        "step_tflops_per_device": None if t.flops is None else t.flops / 1e12,
-        "mfu": mfu(t.flops, t.seconds),
-        "step_gib_per_device": gib(t.peak_bytes),
-    }
+    return train_step_figures(run, batch_np, batch, steps)
 
 
 def inference_fps(config, images: int) -> dict[str, float]:

@@ -112,11 +112,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.total_steps = a.steps or p["iters"]
     config.eval_every = config.ckpt_every = 5000
 
-    if a.eval:
-        return _eval(config)
     if a.variant == "demo":
-        return _demo(config, a)
-    return config
+        config = _demo(config, a)
+    return _eval(config) if a.eval else config
 
 
 def _eval(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -65,6 +65,19 @@ def test_spot_cli_runs_the_testr_workdir(workdir, tmp_path, capsys):
     assert (out / "img_2.png").exists() and (tmp_path / "e2e.zip").exists()
 
 
+def test_eval_config_scores_a_trained_spotter(workdir, tmp_path):
+    path, _ = workdir
+    config = testr_config.get_config("demo,eval")
+    config.spotter = str(path)
+    config.data.update(image_size=(96, 96), num_words=(1, 2), eval_samples=2)
+    config.spot.update(test_size=64, max_size=64, threshold=0.0, batch_size=2)
+    task = build_task(config)
+    assert task.options.charset == config.model.charset
+    metrics = task.run(str(tmp_path))
+    assert metrics["images"] == 2 and metrics["detections"] == 2 * TINY["num_queries"]
+    assert 0.0 <= metrics["e2e_hmean"] <= metrics["hmean"] <= 1.0
+
+
 def test_spot_cli_needs_a_model():
     with pytest.raises(SystemExit):
         spot.main(["image.png"])
@@ -81,7 +94,7 @@ def test_instance_crop_never_cuts_a_word_and_resize_rule():
         assert index  # the window holds the centre of one word
         for p, i in zip(kept, index, strict=True):  # a kept word lies whole in the window (or runs off the image)
             lo, hi = p.min(0), p.max(0)
-            assert lo.min() >= 0 and (hi <= [x1 - x0, y1 - y0]).all() or boxes[i, 2] > 280
+            assert lo.min() >= 0 and (hi <= [x1 - x0, y1 - y0]).all() or (boxes[i, 2:] > [280, 256]).any()
     assert shortest_edge_size((600, 800), 1600, 1824) == (1368, 1824)  # long side capped
     assert shortest_edge_size((600, 800), 800, 1824) == (800, 1067)
     assert shortest_edge_size((800, 600), 1600, 1824, box=(1600, 1600)) == (1600, 1200)
