@@ -1,13 +1,13 @@
 """DPTR's claim, measured here: fine-tuning from a text-pre-trained decoder vs. from a random decoder.
 
-    python bench/dptr_vs_scratch.py [--pretrain_steps=400] [--finetune_steps=600] [--workdir=DIR]
+    python bench/dptr_vs_scratch.py [--pretrain_steps=N] [--finetune_steps=N] [--workdir=DIR]
 
 Runs the demo recipe (``configs/dptr.py:demo``: small random-init CLIP — no real CLIP is available offline —
 wordfreq labels, ORP from photo crops, synthetic word crops) once: text-only pre-training, then two fine-tunings
 with the same budget, data order, seed and encoder/FMU initialisation, one starting from the pre-trained decoder
 and one from a random decoder. Both are evaluated on the same held-out synthetic crops (word accuracy and 1-NED,
-PARSeq convention) at every evaluation step. Prints one JSON line and writes it to
-``bench/results/dptr_vs_scratch.json``.
+PARSeq convention) at every evaluation step. Step counts default to the demo's. Prints one JSON line and writes it
+to ``bench/results/dptr_vs_scratch.json``.
 """
 
 from __future__ import annotations
@@ -38,14 +38,16 @@ def _curve(workdir: str, stage: str) -> list[dict[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pretrain_steps", type=int, default=400)
-    parser.add_argument("--finetune_steps", type=int, default=600)
+    parser.add_argument("--pretrain_steps", type=int, default=0, help="0: the demo's")
+    parser.add_argument("--finetune_steps", type=int, default=0, help="0: the demo's")
     parser.add_argument("--evals", type=int, default=4, help="evaluations per fine-tuning")
     parser.add_argument("--workdir", default="", help="where the runs go (default: a temporary directory)")
     parser.add_argument("--output", default=RESULTS)
     args = parser.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix="dptr_vs_scratch_")
     config = get_config("demo")
+    args.pretrain_steps = args.pretrain_steps or int(config.pretrain.total_steps)
+    args.finetune_steps = args.finetune_steps or int(config.finetune.total_steps)
     load_start = os.getloadavg()[0]
     timings = {}
 
@@ -83,7 +85,7 @@ def main() -> None:
         "eval_samples": ft.data.eval_samples,
         "clip": "random init (configs/dptr.py:demo; no real CLIP offline)",
         "decoder": ft.model.decoder.to_dict(),
-        "encoder": {k: ft.model.encoder[k] for k in ("width", "depth", "heads", "patch_size")},
+        "encoder": {k: ft.model.encoder[k] for k in ("width", "depth", "heads", "patch_size", "stem")},
         "seconds": timings,
         "cpu_count": os.cpu_count(),
         "load_avg_1min_start": round(load_start, 2),

@@ -63,7 +63,7 @@ def test_finetuning_starts_from_an_official_checkpoint(parseq_file):
     path, kwargs = parseq_file
     config = get_config("demo").finetune
     config.model.decoder.update(dim=48, depth=1, heads=4, max_len=7, fmu_queries=0, dropout=0.0, num_perms=2)
-    config.model.encoder.update(width=48, depth=2, heads=3, norm_eps=1e-6)
+    config.model.encoder.update(width=48, depth=2, heads=3, norm_eps=1e-6, patch_size=(4, 8), stem=())
     config.init.update(model=str(path), decoder="")
     config.batch_size = 4
     task = DptrFinetuneTask(config)

@@ -51,7 +51,7 @@ def test_recogniser_stages_are_the_dptr_demo_with_the_detectors_words():
     for stage in ("pretrain", "finetune"):
         a, b = demo[stage].to_dict(), ours[stage].to_dict()
         assert {k: v for k, v in a.items() if k not in changed} == {k: v for k, v in b.items() if k not in changed}
-        assert ours[stage].model.decoder.num_perms == spot_config.DEMO_RECOGNISER["num_perms"]
+        assert ours[stage].model.to_dict() == demo[stage].model.to_dict()  # the DPTR demo's recogniser
     style = ours.finetune.data.style
     for key, value in spot_config.DEMO_STYLE.items():
         assert ours.detector.data.style[key] == style[key] == value, key
