@@ -21,8 +21,12 @@ def tiny(head: str):
     config.data.crop_size = 96
     config.data.eval_size = (96, 96)
     config.data.num_words = (1, 2)
+    config.data.style.font_size = (10, 16)  # words well inside the crop (FCE levels take proportions < 1)
     config.data.eval_samples = 2
     config.batch_size = 2
+    config.model.fce_channels = config.model.pan_channels = 16  # narrow necks: a cheaper compile
+    config.model.fpem_repeat = 1
+    config.data.max_instances = 4
     config.optim.warmup_steps = 0
     return config
 
