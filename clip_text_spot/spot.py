@@ -5,7 +5,8 @@
         [--lexicon=strong|weak|generic|full --lexicon_dir=DIR | --lexicon_words=FILE [--lexicon_pairs=FILE]] [--strict]
 
 ``--detector``: a FastTCM training workdir or checkpoint (a spotting-demo workdir's ``detector`` stage is found);
-``--recognizer``: a DPTR fine-tuning workdir or checkpoint (its ``finetune`` stage). Writes
+``--recognizer``: a DPTR fine-tuning workdir or checkpoint (its ``finetune`` stage), or an official PARSeq / OpenOCR
+DPTR checkpoint ``FILE.safetensors`` with ``FILE.json`` beside it (``clip_text_spot.dptr.load``). Writes
 ``OUTPUT/<image name>.json`` (``{"image", "width", "height", "words": [{"polygon": [[x, y], ...], "score": s,
 "text": t, "confidence": c}]}``) and ``OUTPUT/<image name>.png`` (words and their text drawn), and prints one JSON
 summary line with images/s and the share of time in each stage. ``--submission`` also writes an end-to-end
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m clip_text_spot.spot", description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+", help="images or folders of images")
     p.add_argument("--detector", help="FastTCM workdir or checkpoint")
-    p.add_argument("--recognizer", help="DPTR fine-tuning workdir or checkpoint")
+    p.add_argument("--recognizer", help="DPTR fine-tuning workdir or checkpoint, or an official FILE.safetensors")
     add_spotter_arguments(p)
     p.add_argument("--best", action="store_true", help="use the best-eval checkpoints instead of the latest")
     p.add_argument("--output", default="spotting", help="folder for JSON and PNG results")

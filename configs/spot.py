@@ -54,7 +54,7 @@ def eval_config() -> ml_collections.ConfigDict:
     config.task = "spot"
     config.seed = 0
     config.detector = ""  # FastTCM / TCM workdir or checkpoint
-    config.recognizer = ""  # DPTR fine-tuning workdir or checkpoint
+    config.recognizer = ""  # DPTR fine-tuning workdir or checkpoint, or an official FILE.safetensors (+ FILE.json)
     config.best = False  # use the best-eval checkpoints instead of the latest
     config.word_spotting = False  # True: Total-Text's word-spotting mode
     config.vis_images = 4
