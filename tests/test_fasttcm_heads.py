@@ -109,7 +109,10 @@ def test_fraction_subset(monkeypatch, tmp_path):
         FastTCMTask(config).sources  # noqa: B018
 
 
-def test_fraction_synthetic_pool():
+def test_fraction_synthetic_pool(tmp_path):
     config = get_config("demo")
     config.data.fraction, config.data.synthetic_pool = 0.25, 40
-    assert len(FastTCMTask(config).sources[0]) == 10
+    task = FastTCMTask(config)
+    assert len(task.sources[0]) == 10
+    task.write_subset(str(tmp_path))
+    assert (tmp_path / "train_subset.txt").read_text() == "synthetic train scenes 0..9 of a pool of 40\n"

@@ -109,30 +109,37 @@ def fraction_indices(n: int, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=fraction_size(n, fraction), replace=False))
 
 
-def detection_sources(data: ml_collections.ConfigDict, seed: int) -> tuple[Any, Any, list[str]]:
-    """(train, eval, train subset lines) random-access sources: synthetic scenes, or prepared TFDS splits under
-    ``data.root``; with ``data.fraction < 1`` the train source is the few-shot subset (module docstring) and the
-    lines name it (empty otherwise)."""
+def detection_sources(data: ml_collections.ConfigDict, seed: int) -> tuple[Any, Any]:
+    """(train, eval) random-access sources: synthetic scenes, or prepared TFDS splits under ``data.root``; with
+    ``data.fraction < 1`` the train source is the few-shot subset (module docstring)."""
     fraction = float(data.get("fraction", 1.0))
     seed_f = int(data.get("fraction_seed", 0))
     if data.name == "synthetic":
         style = TextStyle(**{**DET_STYLE.__dict__, **dict(data.get("style", {}))})
         kw = dict(image_size=tuple(data.image_size), num_words=tuple(data.num_words), style=style, seed=seed)
         pool = int(data.get("synthetic_pool", 10_000_000))
-        size = fraction_size(pool, fraction)
-        lines = [] if fraction == 1.0 else [f"synthetic train scenes 0..{size - 1} of a pool of {pool}"]
         return (
-            SyntheticDetSource(size, split="train", **kw),
+            SyntheticDetSource(fraction_size(pool, fraction), split="train", **kw),
             SyntheticDetSource(int(data.eval_samples), split="eval", **kw),
-            lines,
         )
     from clip_text_spot.data.prepare import open_split
 
     train, test = open_split(data.root, data.train_split), open_split(data.root, data.eval_split)
     if fraction == 1.0:
-        return train, test, []
-    subset = SubsetSource(train, fraction_indices(len(train), fraction, seed_f))
-    return subset, test, [as_det_sample(subset[i]).name for i in range(len(subset))]
+        return train, test
+    return SubsetSource(train, fraction_indices(len(train), fraction, seed_f)), test
+
+
+def subset_lines(data: ml_collections.ConfigDict, train: Sequence) -> list[str]:
+    """The lines of ``train_subset.txt`` for the train source ``detection_sources`` gave (none without a
+    fraction): the image names, or the range of synthetic scenes."""
+    if float(data.get("fraction", 1.0)) == 1.0:
+        return []
+    if data.name == "synthetic":
+        return [
+            f"synthetic train scenes 0..{len(train) - 1} of a pool of {int(data.get('synthetic_pool', 10_000_000))}"
+        ]
+    return [as_det_sample(train[i]).name for i in range(len(train))]
 
 
 def _prediction(model: FastTCMDetector, images: jax.Array, text_cache: jax.Array | None) -> Any:
@@ -165,13 +172,15 @@ class FastTCMTask:
         """(train, eval) sources, opened on first use (prediction from a checkpoint needs no dataset)."""
         if self._sources is None:
             self._sources = detection_sources(self.config.data, self.config.seed)
-        return self._sources[:2]
+        return self._sources
 
     def write_subset(self, workdir: str) -> None:
         """``WORKDIR/train_subset.txt``: the few-shot train subset (nothing without ``data.fraction``)."""
-        lines = (self._sources or detection_sources(self.config.data, self.config.seed))[2]
         path = os.path.join(workdir, "train_subset.txt")
-        if lines and jax.process_index() == 0 and not os.path.exists(path):
+        if jax.process_index() != 0 or os.path.exists(path):
+            return
+        lines = subset_lines(self.config.data, self.sources[0])
+        if lines:
             with open(path, "w") as f:
                 f.write("".join(f"{line}\n" for line in lines))
 
