@@ -25,19 +25,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from report import (  # noqa: E402
-    compile_train_step,
-    compiled_flops,
-    compiled_peak_bytes,
-    device_fields,
-    emit,
-    gib,
-    mfu,
-    time_train_step,
-)
+from report import device_fields, emit, train_step_figures  # noqa: E402
 
 from clip_text_spot import trainer  # noqa: E402
 from clip_text_spot.models.inference import overlapped, to_host  # noqa: E402
@@ -76,21 +66,7 @@ def train_speed(variant: str, arg: str, head: str, batch: int, steps: int, dtype
     task = FastTCMTask(config)
     run = trainer.setup(config, task)
     size = config.data.crop_size
-    batch_np = random_batch(task, batch, size, np.random.default_rng(0))
-    if steps == 0:
-        compiled = compile_train_step(run, {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch_np.items()})
-        flops = compiled_flops(compiled)
-        return {
-            "step_tflops_per_device": None if flops is None else flops / 1e12,
-            "step_gib_per_device": gib(compiled_peak_bytes(compiled)),
-        }
-    t = time_train_step(run, batch_np, steps)
-    return {
-        "img_per_s": batch / t.seconds,
-        "step_tflops_per_device": None if t.flops is None else t.flops / 1e12,
-        "mfu": mfu(t.flops, t.seconds),
-        "step_gib_per_device": gib(t.peak_bytes),
-    }
+    return train_step_figures(run, random_batch(task, batch, size, np.random.default_rng(0)), batch, steps)
 
 
 def inference_fps(
