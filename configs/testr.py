@@ -153,12 +153,12 @@ def _demo(config: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml
     d.max_instances = 8
     d.workers = 0
     config.spot.test_size = config.spot.max_size = 256
-    config.spot.threshold = 0.4
+    config.spot.threshold = 0.3  # IC15's; scores of a short run stay lower than a converged model's
     config.spot.batch_size = 8
     config.spot.pad_multiple = 32
     config.batch_size = 8
-    config.total_steps = a.steps or 1200
-    config.eval_every = config.ckpt_every = 400
+    config.total_steps = a.steps or 1600
+    config.eval_every = config.ckpt_every = 800
     config.log_every = 25
     config.tensorboard = True
     o.lr, o.weight_decay = 1e-3, 1e-4
