@@ -8,7 +8,8 @@
 Arguments (comma separated): a dataset preset — ``ic15`` (default), ``td500``, ``ctw1500``, ``totaltext``,
 ``synthtext_pretrain`` — or ``demo``; ``head=db|fce|pan`` (also ``--config.model.head``, but the argument also
 selects the head's recipe: optimiser, epochs, crop and test sizes, targets and post-processing presets); ``tcm``
-switches to TCM (image-conditioned prompt, no text cache); ``steps=N``.
+switches to TCM (image-conditioned prompt, no text cache); ``steps=N``. Few-shot: ``--config.data.fraction=0.1``
+(``--config.data.fraction_seed``; the subset's names go to ``WORKDIR/train_subset.txt``).
 
 FCENet / PANet recipes (fcenet_panet.md §5, §9; only IC15 and the pre-training exist as TCM configs, the other
 datasets take the nearest released recipe): Ranger lr 1e-3 without weight decay, FCE 1800 epochs at 800-px crops
