@@ -1,11 +1,13 @@
 """Where CLIP-RN50's time goes on this machine: each stage of ours (jitted on its own) next to the same stage of the
 bench-only PyTorch reference (``bench/torch_clip_rn50.py``), same weights, interleaved rounds, medians.
 
-    python bench/rn50_profile.py [--size=640] [--width=0] [--batch=1] [--rounds=5] [--output=FILE]
+    python bench/rn50_profile.py [--size=640] [--width=0] [--batch=1] [--rounds=5] [--threads=0] [--output=FILE]
 
 Stages: stem (3 convs + pool), layer1..layer4, the dense attention pool on C5, and the 12-layer text tower on 8
 prompts of 77 tokens. ``ratio_<stage>`` is ours / PyTorch's time (median of per-round ratios); a stage's input is
 the previous stage's output, computed once. ``--width`` (default: ``--size``) makes the input non-square.
+``--threads`` sets PyTorch's intra-op threads (0: its default). On a machine shared with other jobs, PyTorch's
+OpenMP threads slow down far more than XLA's; ``taskset -c 1 ... --threads=1`` compares both on one core.
 """
 
 from __future__ import annotations
@@ -71,8 +73,11 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=0)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--output", default="")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     ref, ours = build_pair()
     rv = ref.visual
     h, w = a.size, a.width or a.size
@@ -83,6 +88,7 @@ def main() -> None:
     jax_stages = [_stem, _stage(1), _stage(2), _stage(3), _stage(4), _pool]
     names = ["stem", "layer1", "layer2", "layer3", "layer4", "attnpool_dense"]
     out = {"bench": "rn50_profile", "size": [h, w], "batch": a.batch, **device_fields(), "torch": torch.__version__}
+    out["torch_threads"] = torch.get_num_threads()
     xj, xt = x, torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     for name, jf, tf in zip(names, jax_stages, torch_stages, strict=True):
         fn = inference_fn(jf, ours)
