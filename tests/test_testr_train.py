@@ -98,26 +98,3 @@ def test_instance_crop_never_cuts_a_word_and_resize_rule():
     assert shortest_edge_size((600, 800), 1600, 1824) == (1368, 1824)  # long side capped
     assert shortest_edge_size((600, 800), 800, 1824) == (800, 1067)
     assert shortest_edge_size((800, 600), 1600, 1824, box=(1600, 1600)) == (1600, 1200)
-
-
-def test_spot_cli_runs_an_official_checkpoint(tmp_path, capsys):
-    """``--spotter=FILE.safetensors --testr_kwargs=JSON``: the fixture's official TESTR with a small detectron2
-    ResNet, every query kept (threshold 0), characters from the JSON's charset."""
-    from safetensors.numpy import load_file, save_file
-    from test_testr_model import CKPT, EFF, d2_resnet_state, load_kwargs
-
-    sd = d2_resnet_state(1, 8, (4, 8, 8, 16), (16, *EFF["backbone_channels"]), (1, 1, 1, 1))
-    full = {**{f"testr.{k}": v for k, v in load_file(CKPT).items()},
-            **{f"testr.backbone.0.backbone.{k}": v for k, v in sd.items()}}  # fmt: skip
-    save_file(full, str(tmp_path / "testr.safetensors"))
-    charset = "abcdefghi"[: EFF["voc_size"] - 1]
-    (tmp_path / "testr.json").write_text(json.dumps({**load_kwargs(), "charset": charset, "threshold": 0.0}))
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), np.uint8)).save(tmp_path / "img_7.png")
-    argv = [f"--spotter={tmp_path / 'testr.safetensors'}", f"--testr_kwargs={tmp_path / 'testr.json'}",
-            str(tmp_path / "img_7.png"), f"--output={tmp_path / 'out'}", "--test_size=64,96"]  # fmt: skip
-    assert spot.main(argv) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["words"] == EFF["num_queries"]
-    words = json.loads((tmp_path / "out" / "img_7.json").read_text())["words"]
-    assert all(set(w["text"]) <= set(charset) | {"\u53e3"} and len(w["polygon"]) == 16 for w in words)
-    assert all(-0.5 * 90 <= x <= 1.5 * 90 for w in words for x, _ in w["polygon"])  # scaled back to 90 px wide
