@@ -157,8 +157,8 @@ def _demo(config: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml
     config.spot.batch_size = 8
     config.spot.pad_multiple = 32
     config.batch_size = 8
-    config.total_steps = a.steps or 1600
-    config.eval_every = config.ckpt_every = 800
+    config.total_steps = a.steps or 1200
+    config.eval_every = config.ckpt_every = 600
     config.log_every = 25
     config.tensorboard = True
     o.lr, o.weight_decay = 1e-3, 1e-4
