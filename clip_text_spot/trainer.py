@@ -232,8 +232,8 @@ def setup(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh
         (loss, (metrics, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, new_opt = tx.update(grads, state["opt"], state["params"])
         new_params = optax.apply_updates(state["params"], updates)
-        grad_norm = optax.global_norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
+        grad_norm = optax.tree.norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
 
         def keep(new, old):
             return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
