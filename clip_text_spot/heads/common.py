@@ -1,7 +1,6 @@
 """Pieces the detection heads (``heads.db``, ``heads.fce``, ``heads.pan``) share.
 
-* ``nearest_resize`` (PyTorch's legacy nearest resize to a size), ``biased_conv`` (PyTorch ``Conv2d`` with bias and
-  symmetric padding, the FPN / FPEM convs);
+* ``nearest_resize`` (PyTorch's legacy nearest resize to a size); convolutions are ``models.layers.conv2d``;
 * ``official_to_flat``: mmocr 0.4 / TCM ``neck.*`` and ``bbox_head.*`` tensors -> our flat names and Flax layouts;
 * losses: PyTorch's BCE (on probabilities, clamped logs) and BCE with logits, mmocr's balanced BCE with OHEM over
   the batch (``top_k_sum``: the exact sum of a dynamic number of largest entries without a sort), TCM's score-map
@@ -21,10 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pyclipper
-from flax import nnx
 
 from clip_text_spot.models.clip.convert import CheckpointMismatchError
-from clip_text_spot.models.layers import Dtype
 from clip_text_spot.models.resize import resize_grid
 
 Flat = dict[str, np.ndarray]
@@ -55,33 +52,6 @@ def nearest_resize(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
             idx = np.minimum(np.floor(np.arange(size, dtype=np.float32) * scale).astype(np.int32), n - 1)
             x = jnp.take(x, jnp.asarray(idx), axis=axis)
     return x
-
-
-def biased_conv(
-    cin: int,
-    cout: int,
-    k: int,
-    init: nnx.Initializer,
-    *,
-    rngs: nnx.Rngs,
-    dtype: Dtype,
-    stride: int = 1,
-    groups: int = 1,
-) -> nnx.Conv:
-    """PyTorch ``Conv2d(cin, cout, k, stride, padding=k // 2, groups, bias=True)`` (symmetric padding), bias 0."""
-    pad = k // 2
-    return nnx.Conv(
-        cin,
-        cout,
-        kernel_size=(k, k),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        feature_group_count=groups,
-        dtype=dtype,
-        rngs=rngs,
-        kernel_init=nnx.with_partitioning(init, (None, None, "conv_in", "conv_out")),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
-    )
 
 
 _BN_LEAVES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}

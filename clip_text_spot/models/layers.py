@@ -46,6 +46,39 @@ def dense(
     )
 
 
+KAIMING_FAN_OUT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv2d(
+    cin: int,
+    cout: int,
+    k: int,
+    *,
+    rngs: nnx.Rngs,
+    dtype: Dtype = None,
+    stride: int = 1,
+    groups: int = 1,
+    bias: bool = False,
+    init: nnx.Initializer = KAIMING_FAN_OUT,
+) -> nnx.Conv:
+    """PyTorch ``Conv2d(cin, cout, k, stride, padding=k // 2, groups=groups, bias=bias)`` on NHWC: kernel
+    [k, k, cin / groups, cout] with logical axes (``conv_in``, ``conv_out``) drawn from ``init``, bias 0."""
+    pad = k // 2
+    return nnx.Conv(
+        cin,
+        cout,
+        kernel_size=(k, k),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        feature_group_count=groups,
+        use_bias=bias,
+        dtype=dtype,
+        rngs=rngs,
+        kernel_init=nnx.with_partitioning(init, (None, None, "conv_in", "conv_out")),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",)),
+    )
+
+
 def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype: Dtype = None, eps: float = 1e-5) -> nnx.LayerNorm:
     """LayerNorm with PyTorch's default epsilon 1e-5 (flax defaults to 1e-6)."""
     return nnx.LayerNorm(

@@ -35,8 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from clip_text_spot.heads.common import nearest_resize
-from clip_text_spot.models.clip.resnet import _conv
-from clip_text_spot.models.layers import Dtype
+from clip_text_spot.models.layers import Dtype, conv2d
 
 # ----------------------------------------------------------------------------------------------------------------
 # modules
@@ -46,7 +45,7 @@ class ConvUnit(nnx.Module):
     """mmcv ``ConvModule`` without norm and activation: a bias-free conv held as ``conv`` (for the names)."""
 
     def __init__(self, cin: int, cout: int, k: int, *, rngs: nnx.Rngs, dtype: Dtype = None):
-        self.conv = _conv(cin, cout, k, rngs=rngs, dtype=dtype)
+        self.conv = conv2d(cin, cout, k, rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(x)
@@ -126,7 +125,7 @@ def _branch(cin: int, *, rngs: nnx.Rngs, dtype: Dtype) -> nnx.List:
     mid = cin // 4
     return nnx.List(
         [
-            _conv(cin, mid, 3, rngs=rngs, dtype=dtype),
+            conv2d(cin, mid, 3, rngs=rngs, dtype=dtype),
             _bn(mid, rngs=rngs, dtype=dtype),
             None,
             _conv_transpose(mid, mid, rngs=rngs, dtype=dtype),

@@ -22,17 +22,17 @@ import jax
 import numpy as np
 from flax import nnx
 
-from clip_text_spot.heads.common import biased_conv, nearest_resize, official_to_flat
+from clip_text_spot.heads.common import nearest_resize, official_to_flat
 from clip_text_spot.models.clip.convert import assign_flat
 from clip_text_spot.models.fasttcm.official import read_official_state
-from clip_text_spot.models.layers import Dtype
+from clip_text_spot.models.layers import Dtype, conv2d
 
 
 class ConvModule(nnx.Module):
     """mmcv ``ConvModule`` without norm and activation: a conv with bias held as ``conv`` (for the names)."""
 
     def __init__(self, cin: int, cout: int, k: int, *, rngs: nnx.Rngs, dtype: Dtype = None):
-        self.conv = biased_conv(cin, cout, k, nnx.initializers.xavier_uniform(), rngs=rngs, dtype=dtype)
+        self.conv = conv2d(cin, cout, k, bias=True, init=nnx.initializers.xavier_uniform(), rngs=rngs, dtype=dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(x)
@@ -72,8 +72,10 @@ class FCEHead(nnx.Module):
 
     def __init__(self, in_channels: int = 256, fourier_degree: int = 5, *, rngs: nnx.Rngs, dtype: Dtype = None):
         init = nnx.initializers.normal(0.01)
-        self.out_conv_cls = biased_conv(in_channels, 4, 3, init, rngs=rngs, dtype=dtype)
-        self.out_conv_reg = biased_conv(in_channels, 2 * (2 * fourier_degree + 1), 3, init, rngs=rngs, dtype=dtype)
+        self.out_conv_cls = conv2d(in_channels, 4, 3, bias=True, init=init, rngs=rngs, dtype=dtype)
+        self.out_conv_reg = conv2d(
+            in_channels, 2 * (2 * fourier_degree + 1), 3, bias=True, init=init, rngs=rngs, dtype=dtype
+        )
 
     def __call__(self, feats: Sequence[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
         """Per level ``(cls [B, h, w, 4], reg [B, h, w, 2 (2k + 1)])``."""

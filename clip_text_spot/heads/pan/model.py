@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from clip_text_spot.heads.common import biased_conv, nearest_resize, official_to_flat
+from clip_text_spot.heads.common import nearest_resize, official_to_flat
 from clip_text_spot.models.clip.convert import CheckpointMismatchError, assign_flat
-from clip_text_spot.models.layers import Dtype
+from clip_text_spot.models.layers import Dtype, conv2d
 from clip_text_spot.models.resize import resize_grid
 
 LEVELS = ("c2", "c3", "c4", "c5")
@@ -74,7 +74,7 @@ def _bn(c: int, *, rngs: nnx.Rngs) -> TorchBatchNorm:
 
 def _conv(cin: int, cout: int, k: int, *, rngs: nnx.Rngs, dtype: Dtype, **kw) -> nnx.Conv:
     """The neck's biased conv (Xavier-uniform init); ``kw``: ``stride``, ``groups``."""
-    return biased_conv(cin, cout, k, XAVIER_UNIFORM, rngs=rngs, dtype=dtype, **kw)
+    return conv2d(cin, cout, k, bias=True, init=XAVIER_UNIFORM, rngs=rngs, dtype=dtype, **kw)
 
 
 class SeparableConv(nnx.Module):
@@ -154,7 +154,7 @@ class PANHead(nnx.Module):
 
     def __init__(self, in_channels: int, *, rngs: nnx.Rngs, dtype: Dtype = None):
         init = nnx.initializers.normal(0.01)
-        self.out_conv = biased_conv(in_channels, PAN_OUT_CHANNELS, 1, init, rngs=rngs, dtype=dtype)
+        self.out_conv = conv2d(in_channels, PAN_OUT_CHANNELS, 1, bias=True, init=init, rngs=rngs, dtype=dtype)
 
     def __call__(self, feats: Sequence[jax.Array]) -> jax.Array:
         return self.out_conv(jnp.concatenate(list(feats), axis=-1))

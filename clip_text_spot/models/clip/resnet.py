@@ -13,25 +13,8 @@ from flax import nnx
 from jax import lax
 
 from clip_text_spot.models.clip.config import ResNetConfig
-from clip_text_spot.models.layers import Dtype, dense, multi_head_attention
+from clip_text_spot.models.layers import Dtype, conv2d, dense, multi_head_attention
 from clip_text_spot.models.resize import resize_grid
-
-
-def _conv(cin: int, cout: int, k: int, *, rngs: nnx.Rngs, dtype: Dtype, stride: int = 1) -> nnx.Conv:
-    pad = k // 2
-    return nnx.Conv(
-        cin,
-        cout,
-        kernel_size=(k, k),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        dtype=dtype,
-        rngs=rngs,
-        kernel_init=nnx.with_partitioning(
-            nnx.initializers.variance_scaling(2.0, "fan_out", "normal"), (None, None, "conv_in", "conv_out")
-        ),
-    )
 
 
 def _bn(c: int, *, rngs: nnx.Rngs, dtype: Dtype, eps: float) -> nnx.BatchNorm:
@@ -73,7 +56,7 @@ class Downsample(nnx.Module):
 
     def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs, dtype: Dtype, eps: float):
         self.stride = stride
-        self.conv = _conv(cin, cout, 1, rngs=rngs, dtype=dtype)
+        self.conv = conv2d(cin, cout, 1, rngs=rngs, dtype=dtype)
         self.bn = _bn(cout, rngs=rngs, dtype=dtype, eps=eps)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -87,11 +70,11 @@ class Bottleneck(nnx.Module):
 
     def __init__(self, cin: int, planes: int, stride: int, *, rngs: nnx.Rngs, dtype: Dtype, eps: float):
         self.stride = stride
-        self.conv1 = _conv(cin, planes, 1, rngs=rngs, dtype=dtype)
+        self.conv1 = conv2d(cin, planes, 1, rngs=rngs, dtype=dtype)
         self.bn1 = _bn(planes, rngs=rngs, dtype=dtype, eps=eps)
-        self.conv2 = _conv(planes, planes, 3, rngs=rngs, dtype=dtype)
+        self.conv2 = conv2d(planes, planes, 3, rngs=rngs, dtype=dtype)
         self.bn2 = _bn(planes, rngs=rngs, dtype=dtype, eps=eps)
-        self.conv3 = _conv(planes, planes * 4, 1, rngs=rngs, dtype=dtype)
+        self.conv3 = conv2d(planes, planes * 4, 1, rngs=rngs, dtype=dtype)
         self.bn3 = _bn(planes * 4, rngs=rngs, dtype=dtype, eps=eps)
         needs_shortcut = stride > 1 or cin != planes * 4
         self.downsample = (
@@ -156,11 +139,11 @@ class ModifiedResNet(nnx.Module):
     def __init__(self, cfg: ResNetConfig, embed_dim: int, *, rngs: nnx.Rngs, dtype: Dtype = None):
         self.cfg = cfg
         w, eps = cfg.width, cfg.eps
-        self.conv1 = _conv(3, w // 2, 3, stride=2, rngs=rngs, dtype=dtype)
+        self.conv1 = conv2d(3, w // 2, 3, stride=2, rngs=rngs, dtype=dtype)
         self.bn1 = _bn(w // 2, rngs=rngs, dtype=dtype, eps=eps)
-        self.conv2 = _conv(w // 2, w // 2, 3, rngs=rngs, dtype=dtype)
+        self.conv2 = conv2d(w // 2, w // 2, 3, rngs=rngs, dtype=dtype)
         self.bn2 = _bn(w // 2, rngs=rngs, dtype=dtype, eps=eps)
-        self.conv3 = _conv(w // 2, w, 3, rngs=rngs, dtype=dtype)
+        self.conv3 = conv2d(w // 2, w, 3, rngs=rngs, dtype=dtype)
         self.bn3 = _bn(w, rngs=rngs, dtype=dtype, eps=eps)
         cin = w
         for i, blocks in enumerate(cfg.layers):
