@@ -41,7 +41,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 from report import device_fields, emit  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 from transformers import CLIPConfig, CLIPModel  # noqa: E402
 
 from clip_text_spot.models.clip import CLIP, load_pretrained, preset  # noqa: E402
@@ -133,17 +132,11 @@ def vit_rows(a: argparse.Namespace) -> list[Row]:
 
 def resnet_rows(a: argparse.Namespace) -> list[Row]:
     """encode_image and encode_dense at each size, and encode_text, against the bench-only PyTorch CLIP-RN50."""
-    from torch_clip_rn50 import CLIPRN50
+    from torch_clip_rn50 import build_pair
 
     if a.preset != "rn50":
         raise SystemExit("the PyTorch ResNet reference is CLIP-RN50 only")
-    ref = CLIPRN50()
-    ref.randomize_norms()
-    ref.eval()
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "RN50.safetensors")
-        save_file(ref.openai_state_dict(), path)
-        ours = load_pretrained(path)
+    ref, ours = build_pair()
     rng = np.random.default_rng(0)
     rows = []
     for spec in a.sizes.split(","):

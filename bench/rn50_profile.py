@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -25,24 +24,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from clip_vs_torch import paired_times  # noqa: E402
 from report import device_fields, emit  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from torch_clip_rn50 import CLIPRN50  # noqa: E402
+from torch_clip_rn50 import build_pair  # noqa: E402
 
-from clip_text_spot.models.clip import load_pretrained  # noqa: E402
 from clip_text_spot.models.inference import inference_fn  # noqa: E402
-
-
-def build_pair() -> tuple[CLIPRN50, object]:
-    """(PyTorch reference, our CLIP loaded from its OpenAI-format safetensors), random weights, eval mode."""
-    torch.manual_seed(0)
-    ref = CLIPRN50()
-    ref.randomize_norms()
-    ref.eval()
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "RN50.safetensors")
-        save_file(ref.openai_state_dict(), path)
-        ours = load_pretrained(path)
-    return ref, ours
 
 
 def _stem(m, x):

@@ -181,3 +181,22 @@ class CLIPRN50(nn.Module):
     def openai_state_dict(self) -> dict[str, torch.Tensor]:
         """Float32 contiguous tensors under OpenAI's names (what ``load_pretrained`` reads from a .safetensors)."""
         return {k: v.float().contiguous() for k, v in self.state_dict().items() if "num_batches_tracked" not in k}
+
+
+def build_pair() -> tuple[CLIPRN50, object]:
+    """(this PyTorch reference, our CLIP loaded from its OpenAI-format safetensors): random weights, eval mode."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from clip_text_spot.models.clip import load_pretrained
+
+    torch.manual_seed(0)
+    ref = CLIPRN50()
+    ref.randomize_norms()
+    ref.eval()
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/RN50.safetensors"
+        save_file(ref.openai_state_dict(), path)
+        ours = load_pretrained(path)
+    return ref, ours
