@@ -315,7 +315,7 @@ def _to_batches(
     return out
 
 
-def _train_iter(
+def make_train_iter(
     source: Sequence,
     transform: Callable,
     *,
@@ -377,7 +377,7 @@ def make_det_train_iter(
     if aug.crop_size != crop_size:
         raise ValueError(f"crop_size={crop_size} differs from aug.crop_size={aug.crop_size}")
     transform = DetTrainTransform(aug=aug, targets=targets, mean=tuple(mean), std=tuple(std))
-    return _train_iter(
+    return make_train_iter(
         source,
         transform,
         batch_size=batch_size,
@@ -448,7 +448,7 @@ def make_rec_train_iter(
 ) -> grain.DatasetIterator:
     """Endless iterator of recognition batches (keys in the module docstring); ``aug=None`` turns augmentation off."""
     transform = RecTrainTransform(charset or Charset(), tuple(image_size), aug, tuple(mean), tuple(std))
-    return _train_iter(
+    return make_train_iter(
         source,
         transform,
         batch_size=batch_size,

@@ -41,7 +41,7 @@ from flax import nnx
 
 from clip_text_spot import vis
 from clip_text_spot.data.instance_crop import crop_instances, instance_crop_window, polygon_boxes, resize_shortest_edge
-from clip_text_spot.data.pipeline import _train_iter, as_det_sample, decode_image, normalize
+from clip_text_spot.data.pipeline import as_det_sample, decode_image, make_train_iter, normalize
 from clip_text_spot.models.testr.backbone import ResNet, ResNetConfig
 from clip_text_spot.models.testr.losses import LossConfig, criterion_loss
 from clip_text_spot.models.testr.model import TESTR, TESTRConfig, TESTRDetector
@@ -228,7 +228,7 @@ class TESTRTask:
             charset=m.charset, ctrl_points=int(m.ctrl_points), chars=int(m.chars),
             max_instances=int(d.max_instances), layout=d.layout,
         )  # fmt: skip
-        return _train_iter(
+        return make_train_iter(
             self.sources[0], transform, batch_size=self.config.batch_size // process_count, seed=seed,
             process_index=process_index, process_count=process_count, workers=int(d.workers), read_threads=1,
             prefetch=16,
