@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from report import device_fields, emit  # noqa: E402
 
-from clip_text_spot.heads.db.targets import DB_TARGETS, db_targets  # noqa: E402
 from clip_text_spot.data.synthetic import SyntheticDetSource  # noqa: E402
+from clip_text_spot.heads.db.targets import DB_TARGETS, db_targets  # noqa: E402
 from clip_text_spot.spotter import STAGES, SpotOptions, Spotter  # noqa: E402
 from clip_text_spot.tasks.dptr import DptrFinetuneTask  # noqa: E402
 from clip_text_spot.tasks.fasttcm import FastTCMTask  # noqa: E402
