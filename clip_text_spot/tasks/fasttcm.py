@@ -113,7 +113,6 @@ def detection_sources(data: ml_collections.ConfigDict, seed: int) -> tuple[Any, 
     """(train, eval) random-access sources: synthetic scenes, or prepared TFDS splits under ``data.root``; with
     ``data.fraction < 1`` the train source is the few-shot subset (module docstring)."""
     fraction = float(data.get("fraction", 1.0))
-    seed_f = int(data.get("fraction_seed", 0))
     if data.name == "synthetic":
         style = TextStyle(**{**DET_STYLE.__dict__, **dict(data.get("style", {}))})
         kw = dict(image_size=tuple(data.image_size), num_words=tuple(data.num_words), style=style, seed=seed)
@@ -124,10 +123,15 @@ def detection_sources(data: ml_collections.ConfigDict, seed: int) -> tuple[Any, 
         )
     from clip_text_spot.data.prepare import open_split
 
-    train, test = open_split(data.root, data.train_split), open_split(data.root, data.eval_split)
+    return few_shot(open_split(data.root, data.train_split), data), open_split(data.root, data.eval_split)
+
+
+def few_shot(train: Sequence, data: ml_collections.ConfigDict) -> Sequence:
+    """A prepared train source cut to its ``data.fraction`` subset (``data.fraction_seed``); itself at 1."""
+    fraction = float(data.get("fraction", 1.0))
     if fraction == 1.0:
-        return train, test
-    return SubsetSource(train, fraction_indices(len(train), fraction, seed_f)), test
+        return train
+    return SubsetSource(train, fraction_indices(len(train), fraction, int(data.get("fraction_seed", 0))))
 
 
 def subset_lines(data: ml_collections.ConfigDict, train: Sequence) -> list[str]:
@@ -140,6 +144,17 @@ def subset_lines(data: ml_collections.ConfigDict, train: Sequence) -> list[str]:
             f"synthetic train scenes 0..{len(train) - 1} of a pool of {int(data.get('synthetic_pool', 10_000_000))}"
         ]
     return [as_det_sample(train[i]).name for i in range(len(train))]
+
+
+def write_train_subset(workdir: str, data: ml_collections.ConfigDict, train: Sequence) -> None:
+    """``WORKDIR/train_subset.txt`` (``subset_lines``; process 0, once; nothing without ``data.fraction``)."""
+    path = os.path.join(workdir, "train_subset.txt")
+    if jax.process_index() != 0 or os.path.exists(path):
+        return
+    lines = subset_lines(data, train)
+    if lines:
+        with open(path, "w") as f:
+            f.write("".join(f"{line}\n" for line in lines))
 
 
 def _prediction(model: FastTCMDetector, images: jax.Array, text_cache: jax.Array | None) -> Any:
@@ -176,13 +191,7 @@ class FastTCMTask:
 
     def write_subset(self, workdir: str) -> None:
         """``WORKDIR/train_subset.txt``: the few-shot train subset (nothing without ``data.fraction``)."""
-        path = os.path.join(workdir, "train_subset.txt")
-        if jax.process_index() != 0 or os.path.exists(path):
-            return
-        lines = subset_lines(self.config.data, self.sources[0])
-        if lines:
-            with open(path, "w") as f:
-                f.write("".join(f"{line}\n" for line in lines))
+        write_train_subset(workdir, self.config.data, self.sources[0])
 
     def build_model(self, rngs: nnx.Rngs) -> FastTCMDetector:
         return FastTCMDetector(self.det_config, rngs=rngs)
