@@ -14,6 +14,15 @@ chip's dense bf16 peak (``report.BF16_PEAK_TFLOPS``; null on CPUs), the step's d
 and inference FPS at batch 1: one image after the other, the network alone, and with image k+1 dispatched before
 image k is post-processed. Inference input: a 3:4 landscape image resized by the preset's test rule (Total-Text
 1600 / 1824 -> 1368 x 1824, padded to multiples of 128). ``--compile_only``: TFLOPs and GiB only.
+
+``--config`` takes any ``configs/testr.py`` argument, e.g. ``totaltext,fasttcm`` (TESTR-FastTCM, R-50 code form;
+inference with the text embedding cached). ``--compare_tcm`` adds TESTR-TCM / TESTR-FastTCM inference rows at the
+same sizes (``infer_<row>_fps``, ``_fps_network_only``, ``_fps_overlapped``): ``fasttcm_cached`` (text embedding
+computed once, as evaluation and ``spot`` run it), ``fasttcm_uncached`` (text tower run per image) and ``tcm``
+(image-conditioned prompt: no cache possible). The CLIP text tower is RN50's, as in the released configs.
+
+    python bench/testr.py --config=totaltext --compare_tcm --train_batch=1 --train_size=640,640 \
+        --output=bench/results/testr-cpu.json
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from clip_text_spot.models.testr.spotter import TESTRSpotter  # noqa: E402
 from clip_text_spot.models.testr.targets import batch_targets, image_targets  # noqa: E402
 from clip_text_spot.tasks.testr import TESTRTask, spot_options  # noqa: E402
 from configs.testr import get_config  # noqa: E402
+
+TCM_ROWS = (("fasttcm_cached", "fasttcm", True), ("fasttcm_uncached", "fasttcm", False), ("tcm", "tcm", True))
 
 
 def bench_config(arg: str, dtype: str):
@@ -73,14 +84,15 @@ def train_speed(config, batch: int, hw: tuple[int, int], steps: int) -> dict[str
     return train_step_figures(run, batch_np, batch, steps)
 
 
-def inference_fps(config, images: int) -> dict[str, float]:
-    """Frames/s at batch 1 with post-processing: sequential, network only, and overlapped (``TESTRSpotter``)."""
+def inference_fps(config, images: int, text_cache: bool = True) -> dict[str, float]:
+    """Frames/s at batch 1 with post-processing: sequential, network only, and overlapped (``TESTRSpotter``;
+    ``text_cache``: a FastTCM model's text embedding computed once)."""
     from flax import nnx
 
     task = TESTRTask(config)
     model = task.build_model(nnx.Rngs(0))
     model.eval()
-    spotter = TESTRSpotter(model, dataclasses.replace(spot_options(config), threshold=0.0))
+    spotter = TESTRSpotter(model, dataclasses.replace(spot_options(config), threshold=0.0), text_cache=text_cache)
     short = int(config.spot.test_size)
     image = np.random.default_rng(0).integers(0, 256, size=(short, short * 4 // 3, 3), dtype=np.uint8)
     spotter.spot([image])  # compile
@@ -107,12 +119,19 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--skip_train", action="store_true")
     ap.add_argument("--compile_only", action="store_true", help="train step's TFLOPs and GiB only: no timing")
+    ap.add_argument("--compare_tcm", action="store_true", help="add TESTR-FastTCM (cached / uncached) and TCM FPS")
     ap.add_argument("--output", default="", help="also write the JSON line to this file")
     a = ap.parse_args()
     config = bench_config(a.config, a.dtype)
     hw = tuple(int(v) for v in a.train_size.split(",")) if a.train_size else tuple(config.data.box)
     if a.infer_size:
         config.spot.test_size, config.spot.max_size = (int(v) for v in a.infer_size.split(","))
+    rows = {}
+    if a.compare_tcm:
+        for name, variant, cached in TCM_ROWS:
+            row = bench_config(f"{a.config},{variant}", a.dtype)
+            row.spot = config.spot
+            rows[name] = (row, cached)
     out = {
         "bench": "testr",
         **device_fields(),
@@ -127,6 +146,9 @@ def main() -> None:
         out.update({f"train_{k}": None if v is None else round(v, 4) for k, v in speed.items()})
     if not a.compile_only:
         out.update({f"infer_{k}": round(v, 3) for k, v in inference_fps(config, a.infer_images).items()})
+        for name, (row, cached) in rows.items():
+            fps = inference_fps(row, a.infer_images, text_cache=cached)
+            out.update({f"infer_{name}_{k}": round(v, 3) for k, v in fps.items()})
     emit(out, a.output)
 
 

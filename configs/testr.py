@@ -17,12 +17,43 @@ released TESTR polygon configs. Deviations: a fixed padded training box (``data.
 instead of per-batch padding; weight decay skips vectors (biases, norms), which the official per-parameter groups
 decay too. ``demo``: a tiny CLIP ResNet and a small TESTR on 256x256 synthetic scenes of a 50-word vocabulary,
 sized for a 2-core CPU.
+
+TESTR-TCM / TESTR-FastTCM (spotting.md §5; ``models/testr/tcm.py``): the flag ``tcm`` or ``fasttcm`` with a preset,
+and a backbone flag:
+
+    python -m clip_text_spot.main --config=configs/testr.py:totaltext,fasttcm,r50 --workdir=runs/testr_fasttcm_tt \
+        --config.model.init=totaltext_testr_R_50_polygon.safetensors \
+        --config.model.tcm.clip_checkpoint=RN50.safetensors --config.data.root=data/prepared/totaltext \
+        [--config.data.fraction=0.1]
+    python -m clip_text_spot.main --config=configs/testr.py:demo_fasttcm --workdir=runs/testr_fasttcm_demo
+
+* ``r50`` (default): detectron2's ImageNet ResNet-50 as released (``model.backbone="resnet50"``; score map on res4;
+  CLIP contributes the text tower of ``model.tcm.text_clip``); ``cr50``: the paper's CLIP RN50 with the dense
+  attention pool (``model.backbone="clip:rn50"``; score map added to C5). ``model.tcm.clip_checkpoint``: OpenAI RN50
+  (safetensors) for the text tower and, with ``cr50``, the backbone; the presets require it (``model.require_init``).
+* ``model.tcm``: prompt and decoders of the released ``clip_config.py`` (4 contexts, 3-layer width-256 decoders,
+  dropout 0.1, tau 0.07), ``pix_loss_weight`` (1.0, the released scripts; Base-CLIP-TESTR.yaml says 2.0),
+  ``pixel_target`` (``"binary"``; ``"instance"``: the released instance-index target), ``shrink_ratio`` 0.9.
+* LR groups (§5.3) in ``optim.groups``: backbone and every CLIP module at LR_BACKBONE (0.1 x lr; the demo: 1 x),
+  ``sampling_offsets`` at 0.1 x lr, as the released trainer does (its text tower trains too); the config argument
+  ``freeze_text`` freezes the text tower (as the detector recipe does).
+* Solver of the TESTR-CLIP configs (§5.4): batch 1 (``IMS_PER_BATCH 1``), lr 1e-5, 20k iterations (Total-Text,
+  IC15), CTW1500 200k with Ranger (b1 0.95, eps 1e-5; the configs' gradient centralisation is not implemented);
+  ``pretrain`` keeps TESTR's. Released inits: Total-Text from TESTR's Total-Text fine-tune, IC15 / CTW1500 from
+  TESTR's pre-training (``--config.model.init``). ``model.isolate_padding`` is True (padded batches equal batch 1).
+* ``demo_fasttcm`` (= ``demo,fasttcm``): the demo with FastTCM on its tiny CLIP ResNet (``cr50`` form) and small
+  decoders; ``demo,tcm`` the TCM form.
+
+Few-shot (the paper's 10%-label runs): ``--config.data.fraction=0.1`` trains on a seeded subset of the train split
+(``data.fraction_seed``; image names in ``WORKDIR/train_subset.txt``; ``tasks.fasttcm``'s helpers).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from clip_text_spot.models.fasttcm.config import CODE_PROMPT
+from clip_text_spot.models.testr.tcm import TESTRTCMConfig, optim_groups
 from configs.common import parse_arg, trainer_defaults
 
 CTLABELS = "".join(chr(c) for c in range(32, 127))  # TESTR's 95 characters (voc_size 96)
@@ -60,10 +91,29 @@ def spot_fields(config: ml_collections.ConfigDict, p: dict) -> None:
     s.pad_multiple = 128
 
 
+# TESTR-CLIP solver per preset (spotting.md §5.4): iterations, batch, optimiser
+TCM_PRESETS = {
+    "totaltext": dict(iters=20_000, batch=1),
+    "icdar2015": dict(iters=20_000, batch=1),
+    "ctw1500": dict(iters=200_000, batch=1, optim="ranger"),
+}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, variant="totaltext", eval=False, steps=0)
+    a = parse_arg(
+        arg, variant="totaltext", eval=False, steps=0, tcm=False, fasttcm=False, r50=False, cr50=False,
+        freeze_text=False,
+    )  # fmt: skip
+    if a.variant == "demo_fasttcm":
+        a.variant, a.fasttcm = "demo", True
     if a.variant != "demo" and a.variant not in PRESETS:
-        raise ValueError(f"configs/testr.py: unknown argument {a.variant!r}; use demo or one of {sorted(PRESETS)}")
+        raise ValueError(
+            f"configs/testr.py: unknown argument {a.variant!r}; use demo, demo_fasttcm or one of {sorted(PRESETS)}"
+        )
+    if a.tcm and a.fasttcm or a.r50 and a.cr50:
+        raise ValueError("configs/testr.py: choose one of tcm / fasttcm and one of r50 / cr50")
+    if (a.r50 or a.cr50 or a.freeze_text) and not (a.tcm or a.fasttcm):
+        raise ValueError("configs/testr.py: r50 / cr50 / freeze_text go with tcm or fasttcm")
     p = PRESETS.get(a.variant, PRESETS["totaltext"])
     config = trainer_defaults(ml_collections.ConfigDict())
     config.task = "testr"
@@ -84,6 +134,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.dropout = 0.1
     m.isolate_padding = False
     m.dtype = "float32"
+    m.variant = "testr"  # "tcm" / "fasttcm": TESTR-TCM / TESTR-FastTCM (module docstring)
+    t = m.tcm = ml_collections.ConfigDict()
+    t.clip_checkpoint = ""  # OpenAI RN50 (.safetensors): text tower, and with a clip: backbone the backbone
+    t.text_clip = "rn50"  # CLIP preset of the text tower beside a resnet50 backbone (a clip: backbone brings its own)
+    t.prompt, t.n_ctx = CODE_PROMPT, 4
+    t.decoder_width, t.decoder_heads, t.decoder_layers, t.dropout = 256, 4, 3, 0.1
+    t.tau = 0.07
+    t.pixel_target = "binary"  # or "instance": the released instance-index target
+    t.shrink_ratio = 0.9
+    t.pix_loss_weight = 1.0
 
     config.loss = ml_collections.ConfigDict()
     config.loss.weights = ml_collections.ConfigDict(dict(point_text_weight=4.0))  # LossConfig fields
@@ -101,6 +161,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.crop_prob, d.min_crop_ratio = 1.0, 0.1
     d.max_instances = 100
     d.workers = 8
+    d.fraction = 1.0  # few-shot: train on this fraction of the train split (tasks/fasttcm.py helpers)
+    d.fraction_seed = 0
     spot_fields(config, p)
 
     o = config.optim = ml_collections.ConfigDict()
@@ -114,7 +176,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if a.variant == "demo":
         config = _demo(config, a)
+    if a.tcm or a.fasttcm:
+        _tcm(config, a)
     return _eval(config) if a.eval else config
+
+
+def _tcm(config: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> None:
+    """TESTR-TCM / TESTR-FastTCM on top of a preset or the demo (module docstring)."""
+    m, o = config.model, config.optim
+    m.variant = "tcm" if a.tcm else "fasttcm"
+    m.isolate_padding = True
+    if a.cr50:
+        m.backbone = "clip:rn50"
+    elif a.r50:
+        m.backbone = "resnet50"
+    demo = config.data.name == "synthetic"
+    o.groups = optim_groups(TESTRTCMConfig(freeze_text=a.freeze_text), backbone_mult=1.0 if demo else 0.1)
+    p = TCM_PRESETS.get(config.data.name)
+    if p is None:
+        return
+    config.batch_size = p["batch"]
+    config.total_steps = a.steps or p["iters"]
+    if p.get("optim") == "ranger":
+        o.name, o.b1, o.eps = "ranger", 0.95, 1e-5
 
 
 def _eval(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -166,4 +250,6 @@ def _demo(config: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml
     o.grad_clip = 1.0
     o.schedule, o.milestones = "multistep", (int(0.8 * config.total_steps),)
     o.warmup_steps = 50
+    t = m.tcm
+    t.decoder_width, t.decoder_heads, t.decoder_layers, t.dropout = 32, 4, 1, 0.0
     return config

@@ -23,6 +23,16 @@ devices each device matches its own images), padded encoder tokens kept out of t
 (``loss.mask_padded_tokens``). Evaluation: ``TESTRSpotter`` on the held-out split at ``config.spot``'s test size and
 threshold; ``metrics.jsonl`` gets ``hmean`` / ``precision`` / ``recall`` (detection of the spotted polygons) and
 ``e2e_hmean`` / ``e2e_precision`` / ``e2e_recall`` (``tasks.spot.spotting_metrics``), pictures in ``vis/step_N``.
+
+TESTR-TCM / TESTR-FastTCM (``model.variant="tcm"|"fasttcm"``, ``models.testr.tcm``; ``configs/testr.py``): the
+same backbone choice — ``resnet50`` is the released "r50" form (score map on res4, the text tower of
+``model.tcm.text_clip``), ``clip:<preset>`` the paper's "CR50" form (dense attention pool, score map on C5) —
+with the prompting modules of ``model.tcm``; ``model.tcm.clip_checkpoint`` loads OpenAI CLIP weights (text tower;
+backbone too for "cr50") after ``model.init``. Training adds each image's shrunk-kernel target (``pixel_target``,
+drawn from the augmented polygons at the network's input size, zero-padded into the box) and the pixel loss
+(``tcm_criterion_loss``, logged as ``loss_pix_cls``). Evaluation and ``spot`` run it through the same
+``TESTRSpotter`` (FastTCM: text embedding computed once per model). Few-shot ``data.fraction``: the train split is
+cut by ``tasks.fasttcm``'s helpers (``WORKDIR/train_subset.txt`` written at the first evaluation).
 """
 
 from __future__ import annotations
@@ -42,31 +52,75 @@ from flax import nnx
 from clip_text_spot import vis
 from clip_text_spot.data.instance_crop import crop_instances, instance_crop_window, polygon_boxes, resize_shortest_edge
 from clip_text_spot.data.pipeline import as_det_sample, decode_image, make_train_iter, normalize
+from clip_text_spot.models.clip import CLIPConfig, preset
+from clip_text_spot.models.fasttcm.config import DecoderConfig, FastTCMConfig
 from clip_text_spot.models.testr.backbone import ResNet, ResNetConfig
 from clip_text_spot.models.testr.losses import LossConfig, criterion_loss
 from clip_text_spot.models.testr.model import TESTR, TESTRConfig, TESTRDetector
 from clip_text_spot.models.testr.spotter import TESTR_MEAN, TESTR_STD, TESTRSpotOptions, TESTRSpotter
 from clip_text_spot.models.testr.targets import SpotTargets, batch_targets, image_targets
+from clip_text_spot.models.testr.tcm import (
+    TESTRTCM,
+    TESTRTCMConfig,
+    batch_pixel_targets,
+    build_testr_tcm,
+    pixel_target,
+    tcm_criterion_loss,
+)
 from clip_text_spot.spotter import draw_words
+from clip_text_spot.tasks.fasttcm import few_shot, write_train_subset
 from clip_text_spot.tasks.spot import SpotEvalTask, spotting_metrics
 
 TARGET_KEYS = SpotTargets._fields
 
 
-def build_backbone(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> tuple[nnx.Module, tuple[int, ...]]:
-    """(backbone with ``features(pixels)``, channels of its last three levels) from ``config.model``."""
+def clip_backbone(model: ml_collections.ConfigDict) -> CLIPConfig | None:
+    """The CLIP config of a ``clip:<preset>`` backbone, None for ``resnet50``."""
     name = model.backbone
     if name.startswith("clip:"):
-        from clip_text_spot.models.clip import preset
-        from clip_text_spot.models.clip.resnet import ModifiedResNet
-
-        clip = preset(name[len("clip:") :])
-        w = clip.vision.width
-        return ModifiedResNet(clip.vision, clip.embed_dim, rngs=rngs, dtype=model.dtype), (8 * w, 16 * w, 32 * w)
+        return preset(name[len("clip:") :])
     if name == "resnet50":
-        cfg = ResNetConfig(freeze_at=int(model.freeze_at))
-        return ResNet(cfg, rngs=rngs, dtype=model.dtype), cfg.out[1:]
+        return None
     raise ValueError(f"--config.model.backbone must be 'resnet50' or 'clip:<preset>', got {name!r}")
+
+
+def backbone_channels(model: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """Channels of the backbone's last three levels (res3..res5 / C3..C5)."""
+    clip = clip_backbone(model)
+    if clip is None:
+        return ResNetConfig().out[1:]
+    return tuple(clip.vision.width * 8 * 2**i for i in range(3))
+
+
+def build_backbone(model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    """The backbone (``features(pixels)``) of ``config.model``."""
+    clip = clip_backbone(model)
+    if clip is None:
+        return ResNet(ResNetConfig(freeze_at=int(model.freeze_at)), rngs=rngs, dtype=model.dtype)
+    from clip_text_spot.models.clip.resnet import ModifiedResNet
+
+    return ModifiedResNet(clip.vision, clip.embed_dim, rngs=rngs, dtype=model.dtype)
+
+
+def tcm_config(model: ml_collections.ConfigDict) -> TESTRTCMConfig | None:
+    """``TESTRTCMConfig`` of a ``model.variant`` tcm / fasttcm config, None for plain TESTR."""
+    variant = model.get("variant", "testr")
+    if variant == "testr":
+        return None
+    if variant not in ("tcm", "fasttcm"):
+        raise ValueError(f"--config.model.variant must be 'testr', 'tcm' or 'fasttcm', got {variant!r}")
+    t = model.tcm
+    clip = clip_backbone(model)
+    decoder = DecoderConfig(width=t.decoder_width, heads=t.decoder_heads, layers=t.decoder_layers, dropout=t.dropout)
+    prompting = FastTCMConfig(
+        clip=clip or preset(t.text_clip), prompts=(t.prompt,), n_ctx=t.n_ctx, fast=variant == "fasttcm",
+        vpg=decoder, context_decoder=decoder, tau=t.tau, dtype=model.dtype,
+    )  # fmt: skip
+    return TESTRTCMConfig(
+        testr=testr_config(model, backbone_channels(model)), prompting=prompting,
+        backbone="r50" if clip is None else "cr50", resnet=ResNetConfig(freeze_at=int(model.freeze_at)),
+        pixel_target=t.pixel_target, shrink_ratio=t.shrink_ratio, pix_loss_weight=t.pix_loss_weight,
+    )  # fmt: skip
 
 
 def testr_config(model: ml_collections.ConfigDict, channels: tuple[int, ...]) -> TESTRConfig:
@@ -106,7 +160,8 @@ class ConcatSource:
 
 def spotting_sources(data: ml_collections.ConfigDict, seed: int) -> tuple[Any, Any]:
     """(train, eval) sources: synthetic scenes, or prepared TFDS splits (``data.root``: comma-separated roots are
-    concatenated for training; the first one's eval split is evaluated)."""
+    concatenated for training; the first one's eval split is evaluated); ``data.fraction`` < 1: the few-shot subset
+    of the train source (``tasks.fasttcm.few_shot``)."""
     from clip_text_spot.tasks.fasttcm import detection_sources
 
     if data.name == "synthetic":
@@ -115,7 +170,7 @@ def spotting_sources(data: ml_collections.ConfigDict, seed: int) -> tuple[Any, A
 
     roots = [r for r in str(data.root).split(",") if r]
     train = ConcatSource([open_split(r, data.train_split) for r in roots])
-    return train, open_split(roots[0], data.eval_split)
+    return few_shot(train, data), open_split(roots[0], data.eval_split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +187,8 @@ class SpotTrainTransform:
     chars: int
     max_instances: int
     layout: str = "paired"
+    pixel_target: str = ""  # TESTR-TCM: "binary" / "instance" kernel target (``tcm.pixel_target``); "" none
+    shrink_ratio: float = 0.9
 
     def __call__(self, item: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
         sample = as_det_sample(item)
@@ -149,11 +206,15 @@ class SpotTrainTransform:
         pixels[:h, :w] = normalize(image, TESTR_MEAN, TESTR_STD)
         per_image = image_targets(polys, texts, ignore, (h, w), self.charset, self.ctrl_points, self.chars, self.layout)
         targets = batch_targets([per_image], self.max_instances, pad_text=len(self.charset) + 1)
-        return {
+        out = {
             "image": pixels,
             "image_size": np.array([h, w], np.int32),
             **{k: v[0] for k, v in targets._asdict().items()},
         }
+        if self.pixel_target:
+            kernel = pixel_target(polys, ignore, (h, w), self.shrink_ratio, self.pixel_target == "instance")
+            out["pixel_target"] = batch_pixel_targets([kernel], self.box)[0]
+        return out
 
 
 def _copy_matching(model: nnx.Module, source: nnx.Module, what: str) -> None:
@@ -181,11 +242,17 @@ class TESTRTask:
                 f"dataset {data.name!r} needs --config.data.root=DIR (written by `python -m "
                 "clip_text_spot.data.prepare`; comma-separated for a mixture); or run --config=configs/testr.py:demo"
             )
+        self.tcm = tcm_config(m)
         if m.require_init and not (m.init or m.backbone_init):
             raise ValueError(
                 "this recipe starts from pretrained weights: set --config.model.init=TESTR.safetensors (an official "
                 "TESTR checkpoint re-saved as safetensors; README 'TESTR') or --config.model.backbone_init=R-50."
                 "safetensors, or --config.model.require_init=False to train from scratch"
+            )
+        if m.require_init and self.tcm is not None and not m.tcm.clip_checkpoint:
+            raise ValueError(
+                "TESTR-TCM starts from CLIP RN50: set --config.model.tcm.clip_checkpoint=RN50.safetensors (README "
+                "'CLIP weights'), or --config.model.require_init=False"
             )
         self.loss_cfg = LossConfig(**dict(config.loss.weights))
         self._sources = None
@@ -197,11 +264,17 @@ class TESTRTask:
             self._sources = spotting_sources(self.config.data, self.config.seed)
         return self._sources
 
-    def build_model(self, rngs: nnx.Rngs) -> TESTRDetector:
-        backbone, channels = build_backbone(self.config.model, rngs)
-        return TESTRDetector(backbone, TESTR(testr_config(self.config.model, channels), rngs=rngs))
+    def write_subset(self, workdir: str) -> None:
+        """``WORKDIR/train_subset.txt``: the few-shot train subset (nothing without ``data.fraction``)."""
+        write_train_subset(workdir, self.config.data, self.sources[0])
 
-    def load_pretrained(self, model: TESTRDetector) -> None:
+    def build_model(self, rngs: nnx.Rngs) -> TESTRDetector | TESTRTCM:
+        m = self.config.model
+        if self.tcm is not None:
+            return build_testr_tcm(self.tcm, rngs=rngs)
+        return TESTRDetector(build_backbone(m, rngs), TESTR(testr_config(m, backbone_channels(m)), rngs=rngs))
+
+    def load_pretrained(self, model: TESTRDetector | TESTRTCM) -> None:
         from clip_text_spot.models.testr.official import (
             from_official_testr_detector,
             read_testr_state,
@@ -219,14 +292,21 @@ class TESTRTask:
                 dec_points=cfg.dec_points, num_queries=cfg.num_queries, use_polygon=cfg.use_polygon,
             )  # fmt: skip
             _copy_matching(model, official, m.init)
+        if self.tcm is not None and m.tcm.clip_checkpoint:
+            from clip_text_spot.models.clip import load_pretrained
+
+            logging.info("TESTR-TCM: CLIP weights from %s", m.tcm.clip_checkpoint)
+            model.load_clip(load_pretrained(m.tcm.clip_checkpoint))
 
     def train_batches(self, *, seed: int, process_index: int, process_count: int):
         d, m = self.config.data, self.config.model
+        pix = {} if self.tcm is None else dict(pixel_target=self.tcm.pixel_target, shrink_ratio=self.tcm.shrink_ratio)
         transform = SpotTrainTransform(
             short_sizes=tuple(int(s) for s in d.short_sizes), max_size=int(d.max_size),
             box=tuple(int(s) for s in d.box), crop_prob=float(d.crop_prob), min_crop_ratio=float(d.min_crop_ratio),
             charset=m.charset, ctrl_points=int(m.ctrl_points), chars=int(m.chars),
             max_instances=int(d.max_instances), layout=d.layout,
+            **pix,
         )  # fmt: skip
         return make_train_iter(
             self.sources[0], transform, batch_size=self.config.batch_size // process_count, seed=seed,
@@ -241,8 +321,14 @@ class TESTRTask:
         targets = SpotTargets(*(batch[k] for k in TARGET_KEYS))
         mesh = jax.sharding.get_abstract_mesh()
         mesh = None if mesh.empty or mesh.size == 1 else mesh
-        total, terms = criterion_loss(out, targets, self.loss_cfg, token_valid, mesh)
+        if self.tcm is None:
+            total, terms = criterion_loss(out, targets, self.loss_cfg, token_valid, mesh)
+        else:
+            total, terms = tcm_criterion_loss(
+                out, targets, batch["pixel_target"], batch["image_size"], self.loss_cfg, self.tcm, token_valid, mesh
+            )
         keep = ("loss_ce", "loss_ctrl_points", "loss_texts", "loss_ce_enc", "loss_bbox_enc", "loss_giou_enc")
+        keep += ("loss_pix_cls",) if self.tcm is not None else ()
         return total, {k: terms[k] for k in (*keep, "num_inst")}
 
     # -- evaluation --------------------------------------------------------------------------------------------------
@@ -256,6 +342,7 @@ class TESTRTask:
 
     def evaluate(self, model: TESTRDetector, step: int, workdir: str) -> dict[str, float]:
         cfg = self.config
+        self.write_subset(workdir)
         samples = self.eval_samples()
         words = TESTRSpotter(model, spot_options(cfg)).spot([s.image for s in samples])
         metrics = spotting_metrics(

@@ -36,6 +36,7 @@ from clip_text_spot.models.inference import inference_fn, overlapped
 from clip_text_spot.models.testr.model import TESTRDetector
 from clip_text_spot.models.testr.postprocess import SpottedWords, postprocess_words
 from clip_text_spot.models.testr.targets import CTLABELS
+from clip_text_spot.models.testr.tcm import TESTRTCM
 from clip_text_spot.spotter import Word
 
 TESTR_MEAN = (123.675, 116.28, 103.53)  # RGB, Base-TESTR.yaml
@@ -56,8 +57,10 @@ class TESTRSpotOptions:
     charset: str = CTLABELS
 
 
-def _predict(model: TESTRDetector, pixels: jax.Array, sizes: jax.Array) -> tuple[jax.Array, ...]:
-    out = model(pixels, sizes)
+def _predict(
+    model: TESTRDetector | TESTRTCM, pixels: jax.Array, sizes: jax.Array, text_cache: jax.Array | None = None
+) -> tuple[jax.Array, ...]:
+    out = model(pixels, sizes) if text_cache is None else model(pixels, sizes, text_cache)
     return out["pred_logits"], out["pred_ctrl_points"], out["pred_texts"]
 
 
@@ -75,14 +78,22 @@ def word_records(spotted: SpottedWords, pad_class: int) -> list[Word]:
 
 
 class TESTRSpotter:
-    """A TESTR model (eval mode) with its inference options; ``spot(images)`` -> words per image."""
+    """A TESTR or TESTR-TCM model (eval mode) with its inference options; ``spot(images)`` -> words per image.
+    A TESTR-FastTCM model runs with its text embedding computed once here (``text_cache=False``: per batch)."""
 
-    def __init__(self, model: TESTRDetector, options: TESTRSpotOptions = TESTRSpotOptions()):
+    def __init__(
+        self,
+        model: TESTRDetector | TESTRTCM,
+        options: TESTRSpotOptions = TESTRSpotOptions(),
+        text_cache: bool = True,
+    ):
         self.model, self.options = model, options
         voc = model.testr.config.voc_size
         if len(options.charset) + 1 != voc:
             raise ValueError(f"charset of {len(options.charset)} characters does not fit voc_size {voc} (= chars + 1)")
         self._forward = inference_fn(_predict, model)
+        fast = isinstance(model, TESTRTCM) and model.config.prompting.fast
+        self._text = inference_fn(TESTRTCM.precompute_text, model)() if fast and text_cache else None
         self.timings: dict[str, float] = collections.defaultdict(float)
 
     @classmethod
@@ -155,7 +166,7 @@ class TESTRSpotter:
         results: list[list[Word]] = []
         pad_class = len(opts.charset) + 1
         for (_, _, sizes, orig), (logits, points, texts) in overlapped(
-            prepared, lambda p: self._forward(p[0], p[1]), fetch
+            prepared, lambda p: self._forward(p[0], p[1], self._text), fetch
         ):
             n = len(sizes)
 

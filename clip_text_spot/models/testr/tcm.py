@@ -305,10 +305,11 @@ def tcm_criterion_loss(
     loss_cfg: LossConfig,
     config: TESTRTCMConfig,
     token_valid: jax.Array | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(training loss, terms): TESTR's set criterion (``criterion_loss``) plus ``loss_pix_cls`` /
-    ``lossw_pix_cls`` (weight ``config.pix_loss_weight``) on ``outputs["score_map"]``."""
-    total, terms = criterion_loss(outputs, targets, loss_cfg, token_valid)
+    """(training loss, terms): TESTR's set criterion (``criterion_loss``; ``mesh``: per-device matching) plus
+    ``loss_pix_cls`` / ``lossw_pix_cls`` (weight ``config.pix_loss_weight``) on ``outputs["score_map"]``."""
+    total, terms = criterion_loss(outputs, targets, loss_cfg, token_valid, mesh)
     pix, _ = pixel_loss(
         outputs["score_map"],
         pixel_targets,
