@@ -45,7 +45,7 @@ VARIANTS = ("pretrain", "finetune", "demo")
 # the small ViT (locality: it learns in hundreds of steps instead of thousands), full-height 32x4 patches (32 column
 # tokens instead of 128), lr 4e-3; both stages without dropout and with 2 permutations (a pre-training step with 6
 # takes 3x as long).
-DEMO_FINETUNE = dict(patch_size=(32, 4), stem=(32, 64), lr=4e-3, steps=2400)
+DEMO_FINETUNE = dict(patch_size=(32, 4), stem=(32, 64), lr=4e-3, steps=3000)
 
 
 def _decoder(kind: str) -> ml_collections.ConfigDict:
@@ -173,6 +173,7 @@ def _demo(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         stage.optim.grad_clip = 5.0
         stage.tensorboard = False
     ft.optim.lr = r["lr"]
+    ft.eval_every = ft.total_steps // 4  # the fine-tuning curve: 4 points
 
     config = ml_collections.ConfigDict()
     config.stages = ("pretrain", "finetune")
