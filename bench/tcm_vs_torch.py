@@ -123,6 +123,7 @@ def main() -> None:
         ):
             err, key = max_err(calls[ours_key](), calls[torch_key]())
             out[f"max_abs_err_{name}_{spec}"], out[f"worst_output_{name}_{spec}"] = err, key
+            print(spec, name, "max abs err", err, "at", key, file=sys.stderr, flush=True)
         fns = [(lambda f=f: jax.block_until_ready(f())) if k.startswith("ours") else f for k, f in calls.items()]
         per_round = dict(zip(calls, zip(*rotated_times(fns, a.rounds), strict=True), strict=True))
         for name, t in per_round.items():
