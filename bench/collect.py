@@ -20,7 +20,23 @@ from typing import Any
 # Per bench: the figures the table shows, in order (others stay in the files).
 TABLE_FIELDS: dict[str, tuple[str, ...]] = {
     "clip_vs_torch": ("ratio_image", "ratio_text", "max_abs_err_image", "max_abs_err_text"),
+    "tcm_vs_torch": (
+        "ratio_tcm_640",
+        "ratio_fasttcm_cached_640",
+        "ratio_tcm_1024x1824",
+        "ratio_fasttcm_cached_1024x1824",
+        "fast_over_tcm_1024x1824",
+    ),
+    "testr": (
+        "train_img_per_s",
+        "infer_fps",
+        "infer_fasttcm_cached_fps",
+        "infer_fasttcm_uncached_fps",
+        "infer_tcm_fps",
+    ),
+    "testr_ablation": ("steps", "testr", "testr_fasttcm"),
     "fasttcm": (
+        "head",
         "dtype",
         "train_batch",
         "fasttcm_train_img_per_s",
