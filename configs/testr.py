@@ -205,7 +205,7 @@ def _eval(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Evaluation-only stage: a trained spotter on the preset's test split (``tasks.testr.TESTRSpotEvalTask``)."""
     config.task = "testr_eval"
     config.spotter = ""  # TESTR workdir / checkpoint, or an official .safetensors
-    config.official_kwargs = ""  # JSON of from_official_testr_detector arguments (with an official checkpoint)
+    config.official_kwargs = ""  # JSON of from_official_spotter arguments (with an official checkpoint)
     config.best = False
     lex = config.lexicon = ml_collections.ConfigDict()
     lex.kind, lex.policy, lex.dir, lex.words, lex.pairs = "none", "testr", "", "", ""

@@ -26,6 +26,7 @@ from clip_text_spot.models.testr.model import TESTRConfig
 from clip_text_spot.models.testr.official import from_official_testr_clip
 from clip_text_spot.models.testr.targets import batch_targets
 from clip_text_spot.models.testr.tcm import (
+    TESTRTCM,
     TESTRTCMConfig,
     batch_pixel_targets,
     build_testr_tcm,
@@ -296,3 +297,24 @@ def test_cr50_backbone_loads_clip_and_adds_the_score_map_at_res5():
     assert flat["clip/contexts"] == flat["backbone/conv1/kernel"] == "g1"  # LR_BACKBONE
     assert {v for k, v in flat.items() if "sampling_offsets" in k} == {"g2"}
     assert flat["testr/text_embed"] == "default"
+
+
+def test_official_spotter_loader_dispatches_on_the_clip_tensors(ref):
+    """``from_official_spotter`` (``spot --spotter=FILE.safetensors``) builds TESTR-TCM from a TESTR-CLIP state
+    dict with the same tensors as ``from_official_testr_clip``, and asks a plain TESTR one for its ResNet."""
+    from clip_text_spot.models.testr.official import CheckpointMismatchError, from_official_spotter
+
+    state = {**load_file(FIXTURE / "testr.safetensors"), **load_file(FIXTURE / "testr_clip.safetensors")}
+    clip = SIZES["clip"]
+    kwargs = dict(
+        text_heads=clip["text_heads"], decoder_heads=clip["dec_heads"], prompt_ids=ref["clip_texts"],
+        heads=EFF["nhead"], enc_points=EFF["enc_n_points"], dec_points=EFF["dec_n_points"],
+        num_queries=EFF["num_queries"], voc_size=EFF["voc_size"],
+    )  # fmt: skip
+    model = from_official_spotter(state, **kwargs)
+    assert isinstance(model, TESTRTCM)
+    want = load()
+    np.testing.assert_array_equal(model.clip.contexts[...], want.clip.contexts[...])
+    plain = {k: v for k, v in state.items() if not k.startswith("backbone.0.")}
+    with pytest.raises(CheckpointMismatchError, match="ResNet"):
+        from_official_spotter(plain, heads=EFF["nhead"])

@@ -8,6 +8,7 @@ from clip_text_spot.models.testr.losses import LossConfig, criterion_loss, set_c
 from clip_text_spot.models.testr.matcher import hungarian_assign
 from clip_text_spot.models.testr.model import TESTR, TESTRConfig, TESTRDetector
 from clip_text_spot.models.testr.official import (
+    from_official_spotter,
     from_official_testr,
     from_official_testr_clip,
     from_official_testr_detector,
@@ -44,6 +45,7 @@ __all__ = [
     "criterion_loss",
     "decode_text",
     "from_official_testr",
+    "from_official_spotter",
     "from_official_testr_clip",
     "from_official_testr_detector",
     "hungarian_assign",

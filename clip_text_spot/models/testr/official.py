@@ -462,3 +462,12 @@ def from_official_testr_detector(
     model = TESTRDetector(backbone, testr)
     model.eval()
     return model
+
+
+def from_official_spotter(path: str | Flat, **kwargs) -> TESTRDetector | TESTRTCM:
+    """The official spotter a checkpoint holds: TESTR-CLIP (``from_official_testr_clip``) when it has the
+    ``backbone.0.text_encoder.*`` tensors, plain TESTR with its ResNet (``from_official_testr_detector``)
+    otherwise; ``kwargs`` go to the one chosen (``spot --spotter=FILE.safetensors`` and ``configs/testr.py:eval``)."""
+    raw = read_testr_state(path) if isinstance(path, str) else dict(path)
+    tcm = any(k.removeprefix("testr.").startswith(f"{CLIP_PREFIX}text_encoder.") for k in raw)
+    return (from_official_testr_clip if tcm else from_official_testr_detector)(raw, **kwargs)

@@ -11,9 +11,9 @@ the official padded batches); **detector** (device) the whole model; **postproce
 probability. Batches are pipelined as in the two-stage spotter (batch k+1 dispatched before batch k is decoded).
 
 Models come from a TESTR training workdir (``from_workdir``: ``clip_text_spot.tasks.testr``) or from an official
-checkpoint re-saved as safetensors plus a JSON of ``from_official_testr_detector`` keyword arguments
-(``from_official``: heads, points, queries, vocabulary, ...; ``"charset"`` and the ``TESTRSpotOptions`` fields may
-sit in the same JSON).
+checkpoint (TESTR or TESTR-CLIP) re-saved as safetensors plus a JSON of ``from_official_spotter`` keyword
+arguments (``from_official``: heads, points, queries, vocabulary, TESTR-CLIP's ``fast``, ...; ``"charset"`` and the
+``TESTRSpotOptions`` fields may sit in the same JSON).
 """
 
 from __future__ import annotations
@@ -110,9 +110,9 @@ class TESTRSpotter:
 
     @classmethod
     def from_official(cls, checkpoint: str, kwargs_json: str | None = None, **overrides) -> TESTRSpotter:
-        """An official TESTR checkpoint (safetensors re-save of the detectron2 ``.pth``) and a JSON of
-        ``from_official_testr_detector`` keyword arguments (plus optional ``charset`` / option fields)."""
-        from clip_text_spot.models.testr.official import from_official_testr_detector
+        """An official TESTR or TESTR-CLIP checkpoint (safetensors re-save of the detectron2 ``.pth``) and a JSON
+        of keyword arguments for ``from_official_spotter`` (plus optional ``charset`` / option fields)."""
+        from clip_text_spot.models.testr.official import from_official_spotter
 
         kwargs = {}
         if kwargs_json:
@@ -120,7 +120,7 @@ class TESTRSpotter:
                 kwargs = json.load(f)
         names = {f.name for f in dataclasses.fields(TESTRSpotOptions)}
         option_fields = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-        model = from_official_testr_detector(checkpoint, **kwargs)
+        model = from_official_spotter(checkpoint, **kwargs)
         return cls(model, TESTRSpotOptions(**{**option_fields, **overrides}))
 
     @classmethod
@@ -184,7 +184,7 @@ class TESTRSpotter:
 def add_spotter_arguments(parser) -> None:
     """The ``spot`` CLI's TESTR options (``--spotter`` replaces ``--detector`` + ``--recognizer``)."""
     parser.add_argument("--spotter", help="TESTR workdir or checkpoint, or an official TESTR .safetensors")
-    parser.add_argument("--testr_kwargs", help="JSON of from_official_testr_detector arguments (official checkpoint)")
+    parser.add_argument("--testr_kwargs", help="JSON of from_official_spotter arguments (TESTR / TESTR-CLIP)")
     parser.add_argument("--threshold", type=float, help="TESTR score threshold (default: the checkpoint's config)")
     parser.add_argument("--test_size", type=str, help="TESTR test resize SHORT,MAX (default: the config's)")
 
