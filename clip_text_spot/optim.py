@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,11 +54,37 @@ def _base(cfg: Any, lr: optax.Schedule) -> optax.GradientTransformation:
     if name in ("adam", "adamw"):
         return optax.adam(lr, b1=b1, b2=b2, eps=eps)
     if name == "ranger":  # RAdam + Lookahead(k=6, alpha=0.5) as in lessw2020's Ranger (TCM's configs)
-        inner = optax.radam(lr, b1=b1, b2=b2, eps=eps)
-        return optax.lookahead(inner, sync_period=6, slow_step_size=0.5)
+        return lookahead(optax.radam(lr, b1=b1, b2=b2, eps=eps), sync_period=6, slow_step_size=0.5)
     if name == "sgd":
         return optax.sgd(lr, momentum=b1)
     raise ValueError(f"config.optim.name must be adam, adamw, ranger or sgd; got {name!r}")
+
+
+class LookaheadState(NamedTuple):
+    inner: optax.OptState
+    slow: Any
+    count: jax.Array
+
+
+def lookahead(inner: optax.GradientTransformation, sync_period: int, slow_step_size: float):
+    """Lookahead (Zhang et al. 2019, as Ranger runs it) on a plain parameter tree: ``inner`` moves the fast weights;
+    every ``sync_period`` steps the slow weights move ``slow_step_size`` of the way to them and the fast weights
+    restart from there. (``optax.lookahead`` instead wants ``LookaheadParams`` as the parameters, which the trainer's
+    parameter tree is not.)"""
+
+    def init(params):
+        return LookaheadState(inner.init(params), jax.tree.map(jnp.asarray, params), jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params):
+        updates, inner_state = inner.update(updates, state.inner, params)
+        count = state.count + 1
+        sync = count % sync_period == 0
+        fast = jax.tree.map(lambda p, u: p + u, params, updates)
+        slow = jax.tree.map(lambda s, f: jnp.where(sync, s + slow_step_size * (f - s), s), state.slow, fast)
+        out = jax.tree.map(lambda p, f, s: jnp.where(sync, s, f) - p, params, fast, slow)
+        return out, LookaheadState(inner_state, slow, count)
+
+    return optax.GradientTransformation(init, update)
 
 
 def path_str(path: tuple) -> str:

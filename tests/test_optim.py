@@ -61,3 +61,31 @@ def test_poly_schedule_is_finite_past_the_end_and_matches_mmocr():
     sched = schedule(ml_collections.ConfigDict(dict(lr=0.1, schedule="poly", poly_power=0.9, min_lr=1e-7)), 10)
     np.testing.assert_allclose(float(sched(4)), (0.1 - 1e-7) * (1 - 0.4) ** 0.9 + 1e-7, rtol=1e-6)
     assert float(sched(10)) == pytest.approx(1e-7) and float(sched(25)) == pytest.approx(1e-7)
+
+
+def test_ranger_on_plain_params_matches_torch_radam_with_lookahead():
+    """``ranger`` = RAdam + Lookahead(k=6, alpha=0.5) on the trainer's plain parameter tree, against PyTorch's RAdam
+    with the slow-weight sync done on its tensors as Ranger does (14 steps: two syncs, RAdam's warm and rectified
+    phases; the two place RAdam's eps differently, within 1e-5 here)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(4, 3)).astype(np.float32)
+    grads = rng.normal(size=(14, 4, 3)).astype(np.float32)
+    c = cfg(name="ranger", weight_decay=0.0, groups=[], lr=0.01, b1=0.95, eps=1e-5)
+    params = {"w": jnp.asarray(w0)}
+    tx = make_optimizer(c, params, 100)
+    state = tx.init(params)
+    step_fn = jax.jit(tx.update)
+    w = torch.tensor(w0, requires_grad=True)
+    opt = torch.optim.RAdam([w], lr=0.01, betas=(0.95, 0.999), eps=1e-5)
+    slow = w.detach().clone()
+    for i, g in enumerate(grads):
+        updates, state = step_fn({"w": jnp.asarray(g)}, state, params)
+        params = optax.apply_updates(params, updates)
+        w.grad = torch.from_numpy(g)
+        opt.step()
+        if (i + 1) % 6 == 0:
+            with torch.no_grad():
+                slow += 0.5 * (w - slow)
+                w.copy_(slow)
+        np.testing.assert_allclose(np.asarray(params["w"]), w.detach().numpy(), atol=1e-5, err_msg=f"step {i + 1}")
