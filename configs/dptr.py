@@ -173,7 +173,7 @@ def _demo(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         stage.optim.grad_clip = 5.0
         stage.tensorboard = False
     ft.optim.lr = r["lr"]
-    ft.eval_every = ft.total_steps // 4  # the fine-tuning curve: 4 points
+    ft.eval_every = max(1, ft.total_steps // 4)  # the fine-tuning curve: 4 points
 
     config = ml_collections.ConfigDict()
     config.stages = ("pretrain", "finetune")

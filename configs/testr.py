@@ -243,7 +243,7 @@ def _demo(config: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml
     config.batch_size = 8
     # TESTR-TCM / FastTCM steps take ~1 s on 2 cores against ~0.7 s: 800 steps keep their demo within 20 minutes
     config.total_steps = a.steps or (800 if a.tcm or a.fasttcm else 1200)
-    config.eval_every = config.ckpt_every = config.total_steps // 2
+    config.eval_every = config.ckpt_every = max(1, config.total_steps // 2)
     config.log_every = 25
     config.tensorboard = True
     o.lr, o.weight_decay = 1e-3, 1e-4
