@@ -14,6 +14,9 @@ Host side (NumPy, per detection) a polygon becomes a fixed-size description:
   ``paired`` (Total-Text / CTW1500 / curved-spotter convention, ``2m`` points: top left to right, then bottom
   right to left): the two halves are the sides (``paired_sides``).
 
+Optionally (``refine_quad``, host side) a detected quad is first re-fitted to the word's ink in the image: a
+weak detector's tilted or loose box becomes the tight, upright-read box the recogniser was trained on.
+
 Device side (``rectify``, jittable, fixed shapes): for ``N`` regions (padded to a fixed count by the caller) of a
 batch of images padded to a common size, a sampling grid ``[N, h * s, w * s]`` is built (``quad_grids`` /
 ``curve_grids``), pixels are gathered with bilinear weights from each region's image (clamped at that image's own
@@ -167,6 +170,75 @@ def pad_sides(top: np.ndarray, bottom: np.ndarray, pad: float) -> tuple[np.ndarr
         line[0] -= grow * _unit(line[1] - line[0])
         line[-1] += grow * _unit(line[-1] - line[-2])
     return top.astype(np.float32), bottom.astype(np.float32)
+
+
+def _ink_points(
+    image: np.ndarray, quad: np.ndarray, pad: float, max_height: int = 64
+) -> tuple[np.ndarray, float] | None:
+    """(image coordinates [m, 2] of the ink pixels, their spacing in image pixels) in ``quad`` (ordered) grown by
+    ``pad``: the region warped upright (at most ``max_height`` pixels high: large words need no finer grid),
+    binarised by Otsu's threshold on grey levels, ink being the class that covers less of the crop's border; None
+    when the region is tiny or the ink covers under 5% or over 60% of it (no clear word)."""
+    big = pad_quad(quad, pad).astype(np.float64)
+    tl, tr, br, bl = big
+    w = 0.5 * float(np.linalg.norm(tr - tl) + np.linalg.norm(br - bl))
+    h = 0.5 * float(np.linalg.norm(bl - tl) + np.linalg.norm(br - tr))
+    f = min(1.0, max_height / max(h, 1e-6))
+    w, h = round(w * f), round(h * f)
+    if min(w, h) < 4:
+        return None
+    warp = cv2.getPerspectiveTransform(big.astype(np.float32), np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32))
+    crop = cv2.warpPerspective(np.ascontiguousarray(image), warp, (w, h), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY) if crop.ndim == 3 else crop
+    _, ink = cv2.threshold(grey.astype(np.uint8), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    if np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]]).mean() > 0.5:
+        ink = 1 - ink
+    if not 0.05 <= ink.mean() <= 0.6:
+        return None
+    ys, xs = np.nonzero(ink)
+    pts = np.stack([xs + 0.5, ys + 0.5], axis=1).astype(np.float32)[None]
+    return cv2.perspectiveTransform(pts, np.linalg.inv(warp))[0].astype(np.float64), 1.0 / f
+
+
+def refine_quad(
+    image: np.ndarray, quad: np.ndarray, *, span: float = 12.0, step: float = 0.5, pad: float = 0.2
+) -> np.ndarray:
+    """A detected quad re-fitted to the word's ink: (TL, TR, BR, BL) float32, or ``order_quad(quad)`` when no clear
+    ink is found (``_ink_points``).
+
+    ``image``: uint8 RGB (or grey) in the quad's pixel coordinates. The reading direction is searched within
+    +-``span`` degrees (steps of ``step``) of the quad's, for the sharpest projection profile of the ink across it
+    (sum of squared differences of its histogram, one bin per ink pixel spacing: baselines and x-height lines line
+    up); the new quad is the ink's extent along and across that direction. For weak detectors whose boxes are
+    tilted, loose or off-centre (the spotting demo: orientation errors of 5.5 degrees std, heights 1.22 +- 0.23 of
+    the word's); it assumes a word in one colour on a plainer background.
+    """
+    q = order_quad(quad).astype(np.float64)
+    ink = _ink_points(image, q, pad)
+    if ink is None:
+        return q.astype(np.float32)
+    pts, spacing = ink
+    centre = pts.mean(axis=0)
+    d = pts - centre
+    reading = (q[1] - q[0]) + (q[2] - q[3])
+    base = np.arctan2(reading[1], reading[0])
+    angles = base + np.deg2rad(np.arange(-span, span + step / 2, step))
+    best, theta = -1.0, base
+    for a in angles:
+        across = d @ np.array([-np.sin(a), np.cos(a)])
+        profile = np.bincount(np.floor((across - across.min()) / spacing).astype(np.int64)).astype(np.float64)
+        sharpness = float((np.diff(profile) ** 2).sum())
+        if sharpness > best:
+            best, theta = sharpness, a
+    u = np.array([np.cos(theta), np.sin(theta)])
+    v = np.array([-u[1], u[0]])
+    along, across = d @ u, d @ v
+    mid = centre + 0.5 * (along.min() + along.max()) * u + 0.5 * (across.min() + across.max()) * v
+    half_w, half_h = 0.5 * np.ptp(along) * u, 0.5 * np.ptp(across) * v
+    return np.stack(
+        [mid - half_w - half_h, mid + half_w - half_h, mid + half_w + half_h, mid - half_w + half_h]
+    ).astype(np.float32)
 
 
 def region_geometry(

@@ -8,7 +8,9 @@ Per batch of images (``Spotter.spot``):
 3. **postprocess** (host): the head's post-processing -> polygons and detection scores in original-image pixels;
 4. **rectify** (device): every polygon (``clip_text_spot.rectify``: quads by perspective, other polygons along
    their two long sides) is sampled from the detector's input image, already on device, into the recogniser's
-   crop size; crops are padded to a power-of-two count (at most ``max_crops`` per call) so shapes stay few;
+   crop size (with ``refine`` each quad is first re-fitted to the word's ink on the host, ``rectify.refine_quad``;
+   the word keeps the detector's polygon); crops are padded to a power-of-two count (at most ``max_crops`` per
+   call) so shapes stay few;
 5. **recognizer** (device, then host decoding): autoregressive DPTR decoding; the text is cut at the first EOS
    and its confidence is the product of the per-step maximum probabilities up to and including that EOS
    (PARSeq's convention).
@@ -39,7 +41,7 @@ from clip_text_spot.data.pipeline import DB_MEAN, DB_STD, REC_MEAN, REC_STD, Det
 from clip_text_spot.data.types import DetSample
 from clip_text_spot.metrics.spotting import Lexicon, LexiconMatcher
 from clip_text_spot.models.inference import inference_fn, overlapped, to_host
-from clip_text_spot.rectify import LAYOUTS, rectify, region_geometry
+from clip_text_spot.rectify import LAYOUTS, rectify, refine_quad, region_geometry
 
 if TYPE_CHECKING:
     from clip_text_spot.models.dptr.recognizer import DptrRecognizer
@@ -79,6 +81,8 @@ class SpotOptions:
       layout: ``contour`` (detector outlines) or ``paired`` (top L->R then bottom R->L, e.g. ground truth).
       min_score: detections scoring below this are dropped before recognition.
       pad: each region is grown by this fraction of its height on every side before rectification.
+      refine: re-fit each detected quad to the word's ink in the image before it is read (``rectify.refine_quad``;
+        for weak detectors whose boxes are tilted or loose; reported polygons stay the detector's).
       postprocess: post-processing field overrides (of the detector's head) on top of the detector config's.
     """
 
@@ -90,6 +94,7 @@ class SpotOptions:
     layout: str = "contour"
     min_score: float = 0.0
     pad: float = 0.1
+    refine: bool = False
     postprocess: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -230,6 +235,20 @@ class Spotter:
             out += self._timed("recognizer", recognise)
         return out
 
+    def regions(
+        self, images: Sequence[np.ndarray], dets: list[list[tuple[np.ndarray, float]]], scale: np.ndarray
+    ) -> list[tuple[int, np.ndarray]]:
+        """(image row, polygon in detector-input pixels) to read for each detection (original-image pixels) of
+        ``images``; quads re-fitted to the word's ink with ``options.refine``."""
+        out = []
+        for row, d in enumerate(dets):
+            for p, _ in d:
+                p = np.asarray(p, np.float32)
+                if self.options.refine and len(p) == 4:
+                    p = refine_quad(images[row], p)
+                out.append((row, p * scale[row]))
+        return out
+
     def spot(self, images: Sequence[np.ndarray]) -> list[list[Word]]:
         """Words of each image (uint8 RGB arrays or encoded bytes), in batches of ``options.batch_size``.
 
@@ -238,13 +257,12 @@ class Spotter:
         """
         bs = self.options.batch_size
         chunks = ([decode_image(img) for img in images[s : s + bs]] for s in range(0, len(images), bs))
-        prepared = ((*self.prepare(chunk), len(chunk)) for chunk in chunks)
+        prepared = ((*self.prepare(chunk), chunk) for chunk in chunks)
         fetch = functools.partial(self._timed, "detector", to_host)
         results: list[list[Word]] = []
-        for (device_images, batch, n), prob in overlapped(prepared, lambda p: self._prob(p[0]), fetch):
-            dets = self.postprocess(prob, batch, n)
-            scale = batch["scale"]
-            regions = [(row, np.asarray(p, np.float32) * scale[row]) for row, d in enumerate(dets) for p, _ in d]
+        for (device_images, batch, chunk), prob in overlapped(prepared, lambda p: self._prob(p[0]), fetch):
+            dets = self.postprocess(prob, batch, len(chunk))
+            regions = self._timed("rectify", self.regions, chunk, dets, batch["scale"])
             read = self.read_regions(device_images, batch["resized_shape"], regions) if regions else []
             words = iter(read)
             results += [[Word(np.asarray(p), s, *next(words)) for p, s in d] for d in dets]

@@ -7,7 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clip_text_spot.rectify import order_quad, pad_quad, pad_sides, polygon_sides, rectify, region_geometry
+from clip_text_spot.rectify import (
+    order_quad,
+    pad_quad,
+    pad_sides,
+    polygon_sides,
+    rectify,
+    refine_quad,
+    region_geometry,
+)
 
 SIZE = (32, 128)
 
@@ -108,3 +116,29 @@ def test_short_words_read_horizontally_and_long_upright_boxes_vertically():
     assert abs(got[1, 0] - got[0, 0]) > abs(got[1, 1] - got[0, 1])  # top edge runs along x
     upright = np.array([[20, 10], [50, 10], [50, 200], [20, 200]], np.float32)
     np.testing.assert_array_equal(order_quad(upright), [[20, 200], [20, 10], [50, 10], [50, 200]])  # bottom to top
+
+
+def _rotate(points: np.ndarray, degrees: float, centre: np.ndarray) -> np.ndarray:
+    t = np.deg2rad(degrees)
+    return (points - centre) @ np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]]) + centre
+
+
+def test_refine_quad_fits_a_tilted_loose_box_to_the_word():
+    canvas = np.full((120, 240), 200, np.uint8)
+    cv2.putText(canvas, "spotting", (30, 75), cv2.FONT_HERSHEY_SIMPLEX, 1.4, 40, 3, cv2.LINE_AA)
+    ys, xs = np.nonzero(canvas < 120)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    word = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)  # the ink's box (continuous coordinates)
+    centre, angle = word.mean(0), 8.0
+    rot = cv2.getRotationMatrix2D((centre[0] - 0.5, centre[1] - 0.5), -angle, 1.0)  # OpenCV: pixel-index centres
+    image = np.repeat(cv2.warpAffine(canvas, rot, canvas.shape[::-1], borderValue=200)[..., None], 3, axis=2)
+    truth = _rotate(word, angle, centre)
+    height = y1 - y0
+    loose = _rotate(word + [[0, -0.3 * height], [0, -0.3 * height], [0, 0.1 * height], [0, 0.1 * height]], 2.0, centre)
+    refined = refine_quad(image, loose[[2, 3, 0, 1]])  # any vertex order
+    tilt = np.degrees(np.arctan2(*(refined[1] - refined[0])[::-1]))
+    assert abs(tilt - angle) < 1.0, tilt
+    assert np.abs(refined - truth).max() < 0.1 * height, (refined, truth)
+    assert np.abs(order_quad(loose) - truth).max() > 0.3 * height  # the loose box was far off
+    blank = np.full_like(image, 128)
+    np.testing.assert_array_equal(refine_quad(blank, loose), order_quad(loose))  # no ink: the quad as it was

@@ -137,8 +137,10 @@ def test_spot_cli_on_real_scenes(demo_workdir, tmp_path, capsys):
 
 def test_pipelined_batches_give_each_image_its_own_words(demo_workdir):
     """Batch k+1 is launched before batch k is read: 3 images in batches of 2 (one padded) give the words that each
-    image gets alone, in order."""
-    spotter = Spotter.from_checkpoints(str(demo_workdir), str(demo_workdir), options=SpotOptions(batch_size=2))
+    image gets alone, in order (boxes re-fitted to the ink of each image's own pixels)."""
+    spotter = Spotter.from_checkpoints(
+        str(demo_workdir), str(demo_workdir), options=SpotOptions(batch_size=2, refine=True)
+    )
     scenes = sorted((DATA / "readers" / "det_toy" / "imgs" / "test").glob("*.jpg"))
     images = [p.read_bytes() for p in scenes] + [(DATA / "readers" / "opencv_text" / "scenetext01.jpg").read_bytes()]
     together = spotter.spot(images)
