@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--supersample", type=int, default=2, help="rectification supersampling factor")
     p.add_argument("--layout", choices=LAYOUTS, default="contour", help="how non-quad polygons are read")
     p.add_argument("--pad", type=float, default=0.1, help="grow regions by this fraction of their height")
+    p.add_argument("--refine", action="store_true", help="re-fit each detected quad to the word's ink before reading")
     p.add_argument("--submission", help="also write an end-to-end submission (.zip or folder)")
     p.add_argument("--submission_format", choices=("icdar2015", "curved"), default="icdar2015")
     p.add_argument("--lexicon", choices=LEXICON_KINDS, default="none", help="correct words with this lexicon")
@@ -109,6 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     options = SpotOptions(
         eval_size=args.eval_size, batch_size=args.batch_size, max_crops=args.max_crops,
         supersample=args.supersample, layout=args.layout, min_score=args.min_score, pad=args.pad,
+        refine=args.refine,
     )  # fmt: skip
     if args.spotter:
         from clip_text_spot.models.testr import spotter as testr_spotter
