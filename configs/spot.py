@@ -44,8 +44,8 @@ DEMO_STYLE = dict(
 # Recogniser changes to the DPTR demo (whose fine-tuning recipe, configs/dptr.py DEMO_FINETUNE, it shares): its
 # crops are cut along each word's rotated quad with corner noise of 5% of the word height, as rectified detections
 # are (with plain bounding-box crops a recogniser read 82% of such crops but only 24% of the detected words).
-DEMO_RECOGNISER = dict(finetune_steps=2000, box_jitter=0.05, max_rotation=10.0)
-DEMO_DETECTOR_STEPS = 500
+DEMO_RECOGNISER = dict(pretrain_steps=200, finetune_steps=1800, box_jitter=0.05, max_rotation=10.0)
+DEMO_DETECTOR_STEPS = 450  # evaluated once, at the end (the spotting stage reports its hmean again)
 # The demo's detector, trained for minutes, tracks word rotation poorly (orientation errors of 5.5 degrees std,
 # boxes 1.22 +- 0.23 of the word's height); the recogniser misreads such crops, so the demo re-fits each detected
 # quad to the word's ink before reading (rectify.refine_quad) and grows it by 0.2 of its height.
@@ -95,8 +95,7 @@ def _demo(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if a.batch:
         det.batch_size = a.batch
     if not a.steps:
-        det.total_steps = DEMO_DETECTOR_STEPS
-        det.eval_every = det.ckpt_every = DEMO_DETECTOR_STEPS // 2
+        det.total_steps = det.eval_every = det.ckpt_every = DEMO_DETECTOR_STEPS
     rec = dptr.get_config(",".join(filter(None, ["demo", steps, f"batch={a.batch}" if a.batch else ""])))
     pre, ft, r = rec.pretrain, rec.finetune, DEMO_RECOGNISER
     ft.data.style.update(DEMO_STYLE)
@@ -105,6 +104,8 @@ def _demo(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     ft.data.box_jitter = r["box_jitter"]
     ft.data.style.max_rotation = r["max_rotation"]
     if not a.steps:
+        pre.total_steps = r["pretrain_steps"]
+        pre.eval_every = pre.ckpt_every = r["pretrain_steps"] // 2
         ft.total_steps = r["finetune_steps"]
         ft.eval_every = ft.ckpt_every = r["finetune_steps"] // 2
     spot = eval_config()
