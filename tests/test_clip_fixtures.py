@@ -50,6 +50,20 @@ def test_openai_rn_fixture_matches_openai_code(rn_model):
     np.testing.assert_allclose(logits_per_image, ref["logits_per_image"], rtol=TOL, atol=TOL)
 
 
+def test_encode_text_cuts_after_the_last_pooled_token(rn_model, monkeypatch):
+    """Rows 0 and 2 of the fixture end at positions 6 and 3 of 12: ``encode_text`` runs them on 8 tokens (the causal
+    mask keeps later tokens from the pooled one) and still matches OpenAI's full-length outputs."""
+    from clip_text_spot.models.clip.model import TEXT_LENGTH_BUCKET
+
+    model, ref = rn_model
+    ids = ref["input_ids"][[0, 2]]
+    assert ids.shape[1] > TEXT_LENGTH_BUCKET >= ids.argmax(-1).max() + 1
+    shapes, full = [], type(model)._encode_text
+    monkeypatch.setattr(type(model), "_encode_text", lambda m, i, a=None: shapes.append(i.shape) or full(m, i, a))
+    np.testing.assert_allclose(model.encode_text(ids), ref["text_embeds"][[0, 2]], atol=TOL)
+    assert shapes == [(2, TEXT_LENGTH_BUCKET)]
+
+
 def test_openai_rn_features_on_larger_non_square_input(rn_model):
     model, ref = rn_model
     feats = model.vision_model.features(nhwc(ref["pixel_values_big"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from clip_text_spot.models.clip.config import CLIPConfig, ResNetConfig
@@ -12,6 +13,8 @@ from clip_text_spot.models.clip.text import TextTransformer
 from clip_text_spot.models.clip.vit import VisionTransformer
 from clip_text_spot.models.inference import compiled
 from clip_text_spot.models.layers import dense
+
+TEXT_LENGTH_BUCKET = 8  # encode_text cuts token batches to a multiple of this (one compiled program per length)
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -83,9 +86,23 @@ class CLIP(nnx.Module):
         hidden, _ = self.text_model(input_ids, attention_mask)
         return hidden.astype(jnp.float32)
 
-    @compiled
     def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
-        """Token ids [B, L] -> projected EOT embedding [B, embed_dim] (equals HF ``get_text_features``)."""
+        """Token ids [B, L] -> projected EOT embedding [B, embed_dim] (equals HF ``get_text_features``).
+
+        Called with concrete ids, the batch is first cut after its last pooled position (rounded up to a multiple of
+        ``TEXT_LENGTH_BUCKET``): under the causal mask no later token reaches a pooled one, so the result is the
+        same and short prompts padded to 77 cost what their length costs."""
+        if not isinstance(input_ids, jax.core.Tracer):
+            length = input_ids.shape[-1]
+            last = int(np.max(np.asarray(self.text_model.eot_index(np.asarray(input_ids))), initial=0))
+            cut = min(length, -(-(last + 1) // TEXT_LENGTH_BUCKET) * TEXT_LENGTH_BUCKET)
+            if cut < length:
+                input_ids = input_ids[..., :cut]
+                attention_mask = None if attention_mask is None else attention_mask[..., :cut]
+        return self._encode_text(input_ids, attention_mask)
+
+    @compiled
+    def _encode_text(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         return self.text_projection(self.text_model.pooled(input_ids, attention_mask)).astype(jnp.float32)
 
     @compiled
