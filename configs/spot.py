@@ -112,7 +112,6 @@ def _demo(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     spot.detector, spot.recognizer = "stage:detector", "stage:finetune"
     spot.data = ml_collections.ConfigDict(det.data.to_dict())
     spot.spot.batch_size = 8
-    spot.spot.postprocess.unclip_ratio = 1.5
     spot.spot.refine, spot.spot.pad = DEMO_SPOT["refine"], DEMO_SPOT["pad"]
 
     config = ml_collections.ConfigDict()
