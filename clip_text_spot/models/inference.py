@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import jax
+import jax.extend
 import numpy as np
 from flax import nnx
 
@@ -40,10 +41,70 @@ class _Static:
         return isinstance(other, _Static) and (self.value is other.value or self.value == other.value)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _apply(fn: Callable[..., Any], graphdef: _Static, statics: _Static, state: nnx.State, *arrays: Any) -> Any:
+def _apply_impl(fn: Callable[..., Any], graphdef: _Static, statics: _Static, state: nnx.State, *arrays: Any) -> Any:
     args, kwargs = _join(statics.value, arrays)
     return fn(nnx.merge(graphdef.value, state), *args, **kwargs)
+
+
+# XLA's CPU backend (jaxlib 0.10.2) hands dots and convolutions to YNNPACK. For inference programs whose convolutions
+# do most of the multiply-adds, XLA's own kernels are faster on a 2-core x86 CPU: CLIP-RN50 encode_image took 0.89x
+# the time at 640x640, the dense pool 0.92x, against 1.06x for the dot-bound ViT-B/16 text tower and 1.3x for the
+# demo FastTCM train step (its backward convolutions), which therefore keep YNNPACK (bench/cpu_kernels.py).
+XLA_KERNELS = (("xla_cpu_experimental_ynn_fusion_type", ""),)
+_CHOICES: dict[tuple, Callable[..., Any]] = {}
+
+
+@functools.cache
+def _applier(options: tuple[tuple[str, str], ...]) -> Callable[..., Any]:
+    """``_apply_impl`` jitted with XLA compiler ``options`` (one jit, hence one compilation cache, per value)."""
+    return jax.jit(_apply_impl, static_argnums=(0, 1, 2), compiler_options=dict(options) or None)
+
+
+def matmul_flops(jaxpr: jax.extend.core.Jaxpr) -> tuple[float, float]:
+    """(convolution FLOPs, other dot FLOPs) of ``jaxpr`` and the jaxprs nested in it (a scan's body times its
+    length). A dot without batch dimensions over a feature map (rank >= 4: a 1x1 convolution written as a matmul,
+    ``models.clip.resnet.apply_conv``) counts as convolution."""
+    conv = dot = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            rhs, out = eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape
+            conv += 2.0 * np.prod(out) * np.prod(rhs) / rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+        elif name == "dot_general":
+            (contract, _), (batch, _) = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            flops = 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contract])
+            if not batch and len(lhs) >= 4:
+                conv += flops
+            else:
+                dot += flops
+        trips = eqn.params.get("length", 1) if name == "scan" else 1
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            c, d = matmul_flops(sub)
+            conv, dot = conv + trips * c, dot + trips * d
+    return conv, dot
+
+
+def cpu_options(jaxpr: jax.extend.core.Jaxpr) -> tuple[tuple[str, str], ...]:
+    """The XLA options an inference program compiles with: ``XLA_KERNELS`` on the CPU when convolutions do more
+    than half of its matmul FLOPs, otherwise none; none either when ``XLA_FLAGS`` chooses the YNNPACK fusions."""
+    if jax.default_backend() != "cpu" or "ynn_fusion_type" in os.environ.get("XLA_FLAGS", ""):
+        return ()
+    conv, dot = matmul_flops(jaxpr)
+    return XLA_KERNELS if conv > dot else ()
+
+
+def _apply(fn: Callable[..., Any], graphdef: _Static, statics: _Static, state: nnx.State, *arrays: Any) -> Any:
+    """``_apply_impl`` run as a jitted program, compiled with the options ``cpu_options`` chose for its first trace
+    at these argument shapes (that trace is jit's own, reused by the call)."""
+    key = (fn, graphdef, statics, tuple((np.shape(a), np.result_type(a)) for a in arrays))
+    apply = _CHOICES.get(key)
+    if apply is None:
+        jaxpr = _applier(()).trace(fn, graphdef, statics, state, *arrays).jaxpr.jaxpr
+        if len(_CHOICES) > 4096:
+            _CHOICES.clear()
+        apply = _CHOICES[key] = _applier(cpu_options(jaxpr))
+    return apply(fn, graphdef, statics, state, *arrays)
 
 
 def _is_array(x: Any) -> bool:
