@@ -41,9 +41,12 @@ class _Static:
         return isinstance(other, _Static) and (self.value is other.value or self.value == other.value)
 
 
-def _apply_impl(fn: Callable[..., Any], graphdef: _Static, statics: _Static, state: nnx.State, *arrays: Any) -> Any:
+def _apply_impl(fn: Callable[..., Any], graphdef: _Static, statics: _Static, leaves: list, *arrays: Any) -> Any:
+    """``fn`` on the module rebuilt from ``graphdef`` (its ``GraphDef`` and state tree structure) and the state's
+    ``leaves``: a flat list crosses the jit boundary in C++, where an ``nnx.State`` is flattened node by node."""
+    graph, treedef = graphdef.value
     args, kwargs = _join(statics.value, arrays)
-    return fn(nnx.merge(graphdef.value, state), *args, **kwargs)
+    return fn(nnx.merge(graph, jax.tree.unflatten(treedef, leaves)), *args, **kwargs)
 
 
 # XLA's CPU backend (jaxlib 0.10.2) hands dots and convolutions to YNNPACK. For inference programs whose convolutions
@@ -94,17 +97,17 @@ def cpu_options(jaxpr: jax.extend.core.Jaxpr) -> tuple[tuple[str, str], ...]:
     return XLA_KERNELS if conv > dot else ()
 
 
-def _apply(fn: Callable[..., Any], graphdef: _Static, statics: _Static, state: nnx.State, *arrays: Any) -> Any:
+def _apply(fn: Callable[..., Any], graphdef: _Static, statics: _Static, leaves: list, *arrays: Any) -> Any:
     """``_apply_impl`` run as a jitted program, compiled with the options ``cpu_options`` chose for its first trace
     at these argument shapes (that trace is jit's own, reused by the call)."""
     key = (fn, graphdef, statics, tuple((np.shape(a), np.result_type(a)) for a in arrays))
     apply = _CHOICES.get(key)
     if apply is None:
-        jaxpr = _applier(()).trace(fn, graphdef, statics, state, *arrays).jaxpr.jaxpr
+        jaxpr = _applier(()).trace(fn, graphdef, statics, leaves, *arrays).jaxpr.jaxpr
         if len(_CHOICES) > 4096:
             _CHOICES.clear()
         apply = _CHOICES[key] = _applier(cpu_options(jaxpr))
-    return apply(fn, graphdef, statics, state, *arrays)
+    return apply(fn, graphdef, statics, leaves, *arrays)
 
 
 def _is_array(x: Any) -> bool:
@@ -145,36 +148,42 @@ def inference_fn(fn: Callable[..., Any], module: nnx.Module) -> Callable[..., An
     model compiles nothing. Changes ``fn`` makes to the module (batch statistics, RNG counters) are dropped; bind
     again after changing ``module`` (training steps, ``nnx.update``) rather than relying on what the split kept.
     """
-    graphdef, state = nnx.split(module)
-    graphdef = _Static(graphdef)
+    graph, state = nnx.split(module)
+    leaves, treedef = jax.tree.flatten(state)
+    graphdef = _Static((graph, treedef))
 
     def call(*args: Any, **kwargs: Any) -> Any:
         split = _split_args(args, kwargs)
         if split is None:
-            return fn(nnx.merge(graphdef.value, state), *args, **kwargs)
+            return fn(nnx.merge(graph, state), *args, **kwargs)
         statics, arrays = split
-        return _apply(fn, graphdef, _Static(statics), state, *arrays)
+        return _apply(fn, graphdef, _Static(statics), leaves, *arrays)
 
     return call
 
 
 class _Binding:
-    """A module's graph definition and its variables, found once; the state is rebuilt from the variables' current
-    values at each call (half a millisecond for CLIP), so weights changed later (``nnx.update``, training) are used."""
+    """A module's graph definition and its variables, found once; the state's leaves are read from the variables at
+    each call, so weights changed later (``nnx.update``, training) are used."""
 
     def __init__(self, module: nnx.Module):
-        graphdef, state = nnx.split(module)
-        self.graphdef = _Static(graphdef)
-        self.treedef = jax.tree.structure(state)
+        graph, state = nnx.split(module)
+        leaves, treedef = jax.tree.flatten(state)
+        self.graphdef = _Static((graph, treedef))
         # the split state's leaves are the variables' own arrays: match them by identity, in the state's order
         by_value = {id(node.get_value()): node for _, node in nnx.iter_graph(module) if isinstance(node, nnx.Variable)}
-        self.variables = [by_value[id(leaf)] for leaf in jax.tree.leaves(state)]
+        self.variables = [by_value[id(leaf)] for leaf in leaves]
+        # ``get_value`` copies through a tree map and runs hooks (5 us a variable, 2 ms for CLIP ViT-B/16's 398):
+        # where it gives the stored array itself (no hooks, no array refs), that array is read directly
+        self.raw = all(v.get_value() is v.get_raw_value() for v in self.variables)
 
-    def state(self) -> nnx.State | None:
-        values = [v.get_value() for v in self.variables]
+    def leaves(self) -> list | None:
+        """The variables' current values in state order; None inside a trace (a training step: the caller's jit
+        already compiles this)."""
+        values = [v.get_raw_value() if self.raw else v.get_value() for v in self.variables]
         if any(isinstance(v, jax.core.Tracer) for v in values):
-            return None  # inside a trace (a training step): the caller's jit already compiles this
-        return jax.tree.unflatten(self.treedef, values)
+            return None
+        return values
 
 
 _BINDINGS: weakref.WeakKeyDictionary[nnx.Module, _Binding] = weakref.WeakKeyDictionary()
@@ -204,11 +213,11 @@ def compiled(method: Callable[..., T]) -> Callable[..., T]:
         binding = _BINDINGS.get(self)
         if binding is None:
             binding = _BINDINGS[self] = _Binding(self)
-        state = None if split is None else binding.state()
-        if state is None:
+        leaves = None if split is None else binding.leaves()
+        if leaves is None:
             return method(self, *args, **kwargs)
         statics, arrays = split
-        return _apply(method, binding.graphdef, _Static(statics), state, *arrays)
+        return _apply(method, binding.graphdef, _Static(statics), leaves, *arrays)
 
     return wrapper
 

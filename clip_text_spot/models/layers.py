@@ -109,6 +109,8 @@ def multi_head_attention(
     dense attention pool, TCM's visual prompt generator), the heads run one after another (``lax.map``) so each map
     stays in cache instead of all heads' maps going through memory: the same sums per row (identical outputs), 0.34x
     the single-core time at 401 tokens x 32 heads, 0.52x at 1793 x 32 and 1792 x 4; other platforms keep one program.
+    The keys are transposed before the score product and the mask is added as a bias of 0 or float32's lowest value
+    (masked weights are then exactly 0, as with a select): CLIP ViT-B/16's causal text tower took 0.97x the time.
     """
     if heads > 1 and q.shape[1] * k.shape[1] >= CPU_HEAD_LOOP_MIN:
         return jax.lax.platform_dependent(
@@ -140,16 +142,15 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, mask: jax.A
     b, lq, d = q.shape
     lk = k.shape[1]
     hd = d // heads
-
-    def split(x: jax.Array, length: int) -> jax.Array:
-        return x.reshape(b, length, heads, hd).transpose(0, 2, 1, 3)
-
     q = q * jnp.asarray(hd**-0.5, q.dtype)
-    scores = jnp.einsum("bnqh,bnkh->bnqk", split(q, lq), split(k, lk), preferred_element_type=jnp.float32)
+    qh = q.reshape(b, lq, heads, hd).transpose(0, 2, 1, 3)
+    kt = k.reshape(b, lk, heads, hd).transpose(0, 2, 3, 1)  # [B, heads, D/heads, Lk]: a plain product for the scores
+    vh = v.reshape(b, lk, heads, hd).transpose(0, 2, 1, 3)
+    scores = jnp.matmul(qh, kt, preferred_element_type=jnp.float32)
     if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        scores = scores + jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)
     weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
-    out = jnp.einsum("bnqk,bnkh->bnqh", weights.astype(v.dtype), split(v, lk), preferred_element_type=jnp.float32)
+    out = jnp.matmul(weights.astype(v.dtype), vh, preferred_element_type=jnp.float32)
     out = (out / weights.sum(axis=-1, keepdims=True)).astype(q.dtype)
     return out.transpose(0, 2, 1, 3).reshape(b, lq, d)
 
