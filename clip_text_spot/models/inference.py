@@ -100,7 +100,7 @@ def cpu_options(jaxpr: jax.extend.core.Jaxpr) -> tuple[tuple[str, str], ...]:
 def _apply(fn: Callable[..., Any], graphdef: _Static, statics: _Static, leaves: list, *arrays: Any) -> Any:
     """``_apply_impl`` run as a jitted program, compiled with the options ``cpu_options`` chose for its first trace
     at these argument shapes (that trace is jit's own, reused by the call)."""
-    key = (fn, graphdef, statics, tuple((np.shape(a), np.result_type(a)) for a in arrays))
+    key = (fn, graphdef, statics, tuple((np.shape(a), getattr(a, "dtype", type(a))) for a in arrays))
     apply = _CHOICES.get(key)
     if apply is None:
         jaxpr = _applier(()).trace(fn, graphdef, statics, leaves, *arrays).jaxpr.jaxpr
