@@ -1,6 +1,6 @@
 """The paper-size TCM / FastTCM matcher forward: clip_text_spot (JAX) vs a PyTorch implementation, same weights.
 
-    python bench/tcm_vs_torch.py [--sizes=640,1024x1824] [--rounds=9] [--threads=0] [--output=FILE]
+    python bench/tcm_vs_torch.py [--sizes=640,1024x1824] [--rounds=9] [--fast_rounds=0] [--threads=0] [--output=FILE]
 
 One random official-name state dict (CLIP-RN50 with the dense attention pool on a 20x20 grid, 12-layer text tower,
 4 contexts, prompt generator, ``meta_query``, visual prompt generator and context decoder of width 256; BatchNorm
@@ -16,8 +16,12 @@ map), then rounds of four calls (TCM ours / PyTorch's with the text tower per im
 the cached text from ``precompute_text``), their order rotating each round. ``ratio_tcm_*`` and
 ``ratio_fasttcm_cached_*`` are medians over rounds of ours / PyTorch's time (< 1: ours faster), ``fast_over_tcm_*``
 the median of ours FastTCM-cached / ours TCM, ``fast_faster_rounds_*`` in how many rounds ours FastTCM-cached beat
-ours TCM (all of 9 happens by chance with probability 2^-9 when the two take the same time); ``*_s`` median seconds. PyTorch's intra-op threads are set to the
-cores XLA's CPU client uses (``--threads=0``: this process's CPU affinity), so both use the same cores.
+ours TCM (all of 9 happens by chance with probability 2^-9 when the two take the same time); ``*_s`` median seconds.
+``--fast_rounds=N`` adds N rounds of ours TCM and FastTCM-cached alone, order alternating: ``fast_saving_ms_*`` is
+the mean per-frame saving of the text cache and ``fast_saving_ci95_ms_*`` its 95% confidence half-width (a saving
+of 1% of a 2.6 s frame needs many rounds on a machine whose frames vary by a few percent). PyTorch's intra-op
+threads are set to the cores XLA's CPU client uses (``--threads=0``: this process's CPU affinity), so both use the
+same cores.
 """
 
 from __future__ import annotations
@@ -77,10 +81,29 @@ def rotated_times(fns: list, rounds: int) -> list[list[float]]:
     return times
 
 
+def fast_saving(tcm, fast, rounds: int, spec: str) -> dict:
+    """What the text cache saves per frame: the mean over ``rounds`` paired rounds (order alternating) of ours TCM's
+    time minus ours FastTCM-cached's, in ms, with its 95% confidence half-width (Student t)."""
+    from scipy import stats
+
+    diffs = []
+    for r in range(rounds):
+        pair = [tcm, fast] if r % 2 == 0 else [fast, tcm]
+        t = [seconds(lambda f=f: jax.block_until_ready(f())) for f in pair]
+        diffs.append(1e3 * (t[0] - t[1] if r % 2 == 0 else t[1] - t[0]))
+    half = stats.t.ppf(0.975, rounds - 1) * statistics.stdev(diffs) / rounds**0.5
+    return {
+        f"fast_saving_ms_{spec}": round(statistics.mean(diffs), 1),
+        f"fast_saving_ci95_ms_{spec}": round(float(half), 1),
+        f"fast_saving_rounds_{spec}": rounds,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="640,1024x1824", help="image sizes, S or HxW (batch 1)")
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--fast_rounds", type=int, default=0, help="extra rounds of ours TCM vs FastTCM-cached alone")
     ap.add_argument("--threads", type=int, default=0, help="PyTorch intra-op threads (0: the cores XLA uses)")
     ap.add_argument("--output", default=DEFAULT_OUTPUT)
     a = ap.parse_args()
@@ -139,6 +162,8 @@ def main() -> None:
             out[f"{name}_{spec}"] = round(statistics.median(ratios), 3)
         faster = sum(f < t for f, t in zip(per_round["ours_fast"], per_round["ours_tcm"], strict=True))
         out[f"fast_faster_rounds_{spec}"] = f"{faster}/{a.rounds}"
+        if a.fast_rounds:
+            out.update(fast_saving(calls["ours_tcm"], calls["ours_fast"], a.fast_rounds, spec))
         print(spec, {k: v for k, v in out.items() if spec in k}, file=sys.stderr, flush=True)
     emit(out, a.output)
 
