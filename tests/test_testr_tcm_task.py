@@ -87,7 +87,9 @@ def test_spot_loads_the_fasttcm_workdir(workdir, tmp_path, capsys):
     source = SyntheticDetSource(2, split="eval", image_size=(80, 120), num_words=(1, 2))
     images = [source[i].image for i in range(2)]
     for a, b in zip(spotter.spot(images), uncached.spot(images), strict=True):
-        np.testing.assert_array_equal([w.polygon for w in a], [w.polygon for w in b])
+        # the cached text is its own compiled program, whose CPU kernels may differ from the spotter's (the text tower
+        # is dot-bound, the spotter convolutional: models.inference.cpu_options), so sums may round differently
+        np.testing.assert_allclose([w.polygon for w in a], [w.polygon for w in b], rtol=1e-5, atol=1e-4)
         assert [w.text for w in a] == [w.text for w in b]
     files = []
     for i, image in enumerate(images):

@@ -50,8 +50,8 @@ def _apply_impl(fn: Callable[..., Any], graphdef: _Static, statics: _Static, lea
 
 
 # XLA's CPU backend (jaxlib 0.10.2) hands dots and convolutions to YNNPACK. For inference programs whose convolutions
-# do most of the multiply-adds, XLA's own kernels are faster on a 2-core x86 CPU: CLIP-RN50 encode_image took 0.89x
-# the time at 640x640, the dense pool 0.92x, against 1.06x for the dot-bound ViT-B/16 text tower and 1.3x for the
+# do most of the multiply-adds, XLA's own kernels are faster on a 2-core x86 CPU: CLIP-RN50 encode_image took 0.86x
+# the time at 640x640, the dense pool 0.94x, against 1.13x for the dot-bound ViT-B/16 text tower and 1.23x for the
 # demo FastTCM train step (its backward convolutions), which therefore keep YNNPACK (bench/cpu_kernels.py).
 XLA_KERNELS = (("xla_cpu_experimental_ynn_fusion_type", ""),)
 _CHOICES: dict[tuple, Callable[..., Any]] = {}
