@@ -22,9 +22,9 @@ def _bn(c: int, *, rngs: nnx.Rngs, dtype: Dtype, eps: float) -> nnx.BatchNorm:
 
 
 def apply_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
-    """``conv(x)`` (bias-free, NHWC). A 1x1 stride-1 convolution is computed as a
-    matmul over channels: XLA's CPU dot gives the same sums as its convolution and took 0.4-0.9x its time at four
-    of RN50's five 1x1 shapes (1.35x at 20x20, 2048->512) on a loaded 2-core CPU; end to end within noise."""
+    """``conv(x)`` (bias-free, NHWC). A 1x1 stride-1 convolution is computed as a matmul over channels: XLA's CPU
+    dot gives the same sums as its convolution and took 0.4-0.9x its time at four of RN50's five 1x1 shapes (1.35x
+    at 20x20, 2048->512) on a loaded 2-core CPU; end to end within noise."""
     kernel = conv.kernel[...]
     dtype = jnp.dtype(conv.dtype) if conv.dtype is not None else jnp.result_type(x, kernel)
     x, kernel = x.astype(dtype), kernel.astype(dtype)
