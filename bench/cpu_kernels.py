@@ -1,5 +1,7 @@
 """Which CPU kernels suit which program: each program compiled with XLA's default (dots and convolutions handed to
-YNNPACK) and with XLA's own kernels (``models.inference.XLA_KERNELS``), timed in interleaved rounds.
+YNNPACK with the elementwise work around them, ``ynn``), with XLA's own kernels for everything (``xla``) and with
+convolutions on XLA's kernels and each dot alone on YNNPACK (``split``: ``models.inference.CONV_KERNELS``), timed in
+interleaved rounds.
 
     python bench/cpu_kernels.py [--programs=rn50_image_640,...] [--rounds=9] [--output=FILE]
 
@@ -7,12 +9,13 @@ Programs (random weights; the timing does not depend on them):
   ``rn50_image_S`` / ``rn50_dense_S``  CLIP-RN50 ``encode_image`` / ``encode_dense`` at S x S (batch 1)
   ``vit_image`` / ``vit_text``         CLIP-ViT-B/16 ``encode_image`` (8 x 224^2) / ``encode_text`` (8 x 77 tokens)
   ``tcm_640`` / ``fasttcm_640``        the paper-size TCM / FastTCM (cached text) matcher's ``match`` at 640^2
+  ``tcm_1024``                         TCM's ``match`` at 1024 x 1824
   ``demo_train``                       one train step of ``configs/fasttcm.py:demo`` (batch 8, 256^2)
-Per program: ``<name>_xla_over_ynn`` is the median over rounds of the XLA-kernel time over the default's (< 1: XLA's
-kernels faster), ``<name>_picked`` what ``models.inference.cpu_options`` chooses for the inference programs
-(``xla`` or ``ynn``; training steps always compile with the default), ``<name>_conv_share`` the share of its matmul
-FLOPs in convolutions (``models.inference.matmul_flops``), ``<name>_max_abs_diff`` the largest output difference
-between the two (inference programs). CPU only.
+Per program: ``<name>_<kind>_over_ynn`` is the median over rounds of that kind's time over the default's (< 1:
+faster than the default), ``<name>_picked`` what ``models.inference.cpu_options`` chooses for the inference programs
+(``split`` or ``ynn``; training steps always compile with the default), ``<name>_conv_share`` the share of its
+matmul FLOPs in convolutions (``models.inference.matmul_flops``), ``<name>_max_abs_diff`` the largest output
+difference of any kind from the default (inference programs). CPU only.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from report import device_fields, emit  # noqa: E402
 from clip_text_spot.models import inference  # noqa: E402
 from clip_text_spot.models.clip import CLIP, preset  # noqa: E402
 
-DEFAULT = "rn50_image_224,rn50_image_640,rn50_dense_640,vit_image,vit_text,tcm_640,fasttcm_640,demo_train"
+DEFAULT = "rn50_image_224,rn50_image_640,rn50_dense_640,vit_image,vit_text,tcm_640,fasttcm_640,tcm_1024,demo_train"
+KINDS = {"ynn": (), "xla": (("xla_cpu_experimental_ynn_fusion_type", ""),), "split": inference.CONV_KERNELS}
 
 
 def _method(model: nnx.Module, method, *args) -> tuple:
@@ -60,14 +64,14 @@ def program(name: str) -> tuple:
         ids = rng.integers(1, 49000, size=(8, 77))
         ids[:, -1] = 49407
         return (*_method(clip, CLIP._encode_text, ids), False)
-    if name in ("tcm_640", "fasttcm_640"):
+    if name in ("tcm_640", "fasttcm_640", "tcm_1024"):
         from tcm_vs_torch import build
 
         from clip_text_spot.models.fasttcm.matcher import TCMMatcher
 
         tcm, fast = build()[:2]
-        pixels = rng.normal(size=(1, 640, 640, 3)).astype(np.float32)
-        if name == "tcm_640":
+        pixels = rng.normal(size=(1, *((1024, 1824) if name == "tcm_1024" else (640, 640)), 3)).astype(np.float32)
+        if name.startswith("tcm_"):
             return (*_method(tcm, TCMMatcher.match, pixels), False)
         return (*_method(fast, TCMMatcher.match, pixels, np.asarray(fast.precompute_text())), False)
     if name == "demo_train":
@@ -100,10 +104,7 @@ def measure(name: str, rounds: int) -> dict:
     jitted = fn if training else jax.jit(fn)
     jaxpr = jitted.trace(first, *rest).jaxpr.jaxpr
     conv, dot = inference.matmul_flops(jaxpr)
-    compiled = {
-        kind: jitted.lower(first, *rest).compile(compiler_options=dict(opts))
-        for kind, opts in (("ynn", ()), ("xla", inference.XLA_KERNELS))
-    }
+    compiled = {kind: jitted.lower(first, *rest).compile(compiler_options=dict(opts)) for kind, opts in KINDS.items()}
     state = {"first": first}
 
     def call(kind: str):
@@ -113,25 +114,28 @@ def measure(name: str, rounds: int) -> dict:
         return jax.block_until_ready(out)
 
     outs = {kind: call(kind) for kind in compiled}
-    diff = None  # a train step's two calls start from different states
+    diff = None  # a train step's calls start from different states
     if not training:
         diff = max(
             float(np.abs(np.asarray(a) - np.asarray(b)).max())
-            for a, b in zip(jax.tree.leaves(outs["ynn"]), jax.tree.leaves(outs["xla"]), strict=True)
+            for kind in KINDS
+            for a, b in zip(jax.tree.leaves(outs["ynn"]), jax.tree.leaves(outs[kind]), strict=True)
         )
-    times = {kind: [] for kind in compiled}
+    kinds = list(KINDS)
+    times = {kind: [] for kind in kinds}
     for r in range(rounds):
-        for kind in ("ynn", "xla") if r % 2 == 0 else ("xla", "ynn"):
+        for i in range(len(kinds)):  # the order rotates each round
+            kind = kinds[(r + i) % len(kinds)]
             t0 = time.perf_counter()
             call(kind)
             times[kind].append(time.perf_counter() - t0)
-    picked = "ynn" if training or not inference.cpu_options(jaxpr) else "xla"
+    picked = "ynn" if training or not inference.cpu_options(jaxpr) else "split"
+    row = {f"{name}_{kind}_s": round(statistics.median(times[kind]), 4) for kind in kinds}
+    for kind in kinds[1:]:
+        ratios = (x / y for x, y in zip(times[kind], times["ynn"], strict=True))
+        row[f"{name}_{kind}_over_ynn"] = round(statistics.median(ratios), 3)
     return {
-        f"{name}_ynn_s": round(statistics.median(times["ynn"]), 4),
-        f"{name}_xla_s": round(statistics.median(times["xla"]), 4),
-        f"{name}_xla_over_ynn": round(
-            statistics.median(x / y for x, y in zip(times["xla"], times["ynn"], strict=True)), 3
-        ),
+        **row,
         f"{name}_picked": picked,
         f"{name}_conv_share": round(float(conv / max(conv + dot, 1.0)), 3),
         f"{name}_max_abs_diff": diff,

@@ -91,7 +91,7 @@ def test_compiled_method_is_plain_inside_a_trace_and_in_eager_mode():
 
 def _mixed(x, k, w, q):
     y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    z = jnp.einsum("bhwc,cd->bhwd", y, w)  # a 1x1 convolution written as a dot: convolution work
+    z = jnp.einsum("bhwc,cd->bhwd", y, w)  # a pointwise dot over the feature map: dot work
     s = jnp.einsum("bqd,bkd->bqk", q, q)  # batched (attention-like): dot work
     t = jax.lax.map(lambda a: a @ a.T, q)  # a scan of 2 trips over a [5, 6] @ [6, 5] dot
     return z, s, t
@@ -106,16 +106,16 @@ def _mixed_args():
     )
 
 
-def test_matmul_flops_counts_convolutions_pointwise_dots_and_loop_trips():
+def test_matmul_flops_counts_convolutions_dots_and_loop_trips():
     conv, dot = inference.matmul_flops(jax.make_jaxpr(_mixed)(*_mixed_args()).jaxpr)
-    assert conv == 2 * 8 * 8 * 16 * (3 * 3 * 4) + 2 * 8 * 8 * 32 * 16
-    assert dot == 2 * 2 * 5 * 5 * 6 + 2 * (2 * 5 * 5 * 6)
+    assert conv == 2 * 8 * 8 * 16 * (3 * 3 * 4)
+    assert dot == 2 * 8 * 8 * 32 * 16 + 2 * 2 * 5 * 5 * 6 + 2 * (2 * 5 * 5 * 6)
 
 
-def test_cpu_options_pick_xla_kernels_for_convolution_programs(monkeypatch):
+def test_cpu_options_pick_conv_kernels_for_convolution_programs(monkeypatch):
     conv_heavy = jax.make_jaxpr(_mixed)(*_mixed_args()).jaxpr
     dot_heavy = jax.make_jaxpr(lambda a: a @ a)(jnp.ones((64, 64))).jaxpr
-    assert inference.cpu_options(conv_heavy) == inference.XLA_KERNELS
+    assert inference.cpu_options(conv_heavy) == inference.CONV_KERNELS
     assert inference.cpu_options(dot_heavy) == ()
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")  # the user's choice wins
     assert inference.cpu_options(conv_heavy) == ()
@@ -130,8 +130,8 @@ class _Convs(nnx.Module):
         return jax.nn.relu(self.conv(x))
 
 
-def test_compiled_convolution_program_uses_xla_kernels_with_the_same_outputs():
+def test_compiled_convolution_program_uses_conv_kernels_with_the_same_outputs():
     model, x = _Convs(), np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
     np.testing.assert_allclose(model.features(x), _Convs.features.__wrapped__(model, x), atol=1e-5)
     picked = [apply for key, apply in inference._CHOICES.items() if key[0] is _Convs.features.__wrapped__]
-    assert picked == [inference._applier(inference.XLA_KERNELS)]
+    assert picked == [inference._applier(inference.CONV_KERNELS)]

@@ -49,11 +49,13 @@ def _apply_impl(fn: Callable[..., Any], graphdef: _Static, statics: _Static, lea
     return fn(nnx.merge(graph, jax.tree.unflatten(treedef, leaves)), *args, **kwargs)
 
 
-# XLA's CPU backend (jaxlib 0.10.2) hands dots and convolutions to YNNPACK. For inference programs whose convolutions
-# do most of the multiply-adds, XLA's own kernels are faster on a 2-core x86 CPU: CLIP-RN50 encode_image took 0.86x
-# the time at 640x640, the dense pool 0.94x, against 1.13x for the dot-bound ViT-B/16 text tower and 1.23x for the
-# demo FastTCM train step (its backward convolutions), which therefore keep YNNPACK (bench/cpu_kernels.py).
-XLA_KERNELS = (("xla_cpu_experimental_ynn_fusion_type", ""),)
+# XLA's CPU backend (jaxlib 0.10.2) hands dots and convolutions to YNNPACK, with the elementwise work around them.
+# Inference programs whose convolutions do most of the multiply-adds run faster with the convolutions on XLA's own
+# kernels, and their transformer parts with each dot on YNNPACK: against the default, CLIP-RN50 encode_image took
+# 0.80x the time at 640x640 and TCM's match 0.83x at 640x640, 0.81x at 1024x1824 (XLA's kernels for everything:
+# within 2% of that). The dot-bound ViT-B/16 towers keep the default (1.10x with the split), and so do training steps
+# (the demo FastTCM step took 1.27x with it: its backward convolutions). bench/cpu_kernels.py measures all three.
+CONV_KERNELS = (("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),)
 _CHOICES: dict[tuple, Callable[..., Any]] = {}
 
 
@@ -64,9 +66,7 @@ def _applier(options: tuple[tuple[str, str], ...]) -> Callable[..., Any]:
 
 
 def matmul_flops(jaxpr: jax.extend.core.Jaxpr) -> tuple[float, float]:
-    """(convolution FLOPs, other dot FLOPs) of ``jaxpr`` and the jaxprs nested in it (a scan's body times its
-    length). A dot without batch dimensions over a feature map (rank >= 4: a 1x1 convolution written as a matmul,
-    ``models.clip.resnet.apply_conv``) counts as convolution."""
+    """(convolution FLOPs, dot FLOPs) of ``jaxpr`` and the jaxprs nested in it (a scan's body times its length)."""
     conv = dot = 0.0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
@@ -74,13 +74,9 @@ def matmul_flops(jaxpr: jax.extend.core.Jaxpr) -> tuple[float, float]:
             rhs, out = eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape
             conv += 2.0 * np.prod(out) * np.prod(rhs) / rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
         elif name == "dot_general":
-            (contract, _), (batch, _) = eqn.params["dimension_numbers"]
+            (contract, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
-            flops = 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contract])
-            if not batch and len(lhs) >= 4:
-                conv += flops
-            else:
-                dot += flops
+            dot += 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contract])
         trips = eqn.params.get("length", 1) if name == "scan" else 1
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
             c, d = matmul_flops(sub)
@@ -89,12 +85,12 @@ def matmul_flops(jaxpr: jax.extend.core.Jaxpr) -> tuple[float, float]:
 
 
 def cpu_options(jaxpr: jax.extend.core.Jaxpr) -> tuple[tuple[str, str], ...]:
-    """The XLA options an inference program compiles with: ``XLA_KERNELS`` on the CPU when convolutions do more
+    """The XLA options an inference program compiles with: ``CONV_KERNELS`` on the CPU when convolutions do more
     than half of its matmul FLOPs, otherwise none; none either when ``XLA_FLAGS`` chooses the YNNPACK fusions."""
     if jax.default_backend() != "cpu" or "ynn_fusion_type" in os.environ.get("XLA_FLAGS", ""):
         return ()
     conv, dot = matmul_flops(jaxpr)
-    return XLA_KERNELS if conv > dot else ()
+    return CONV_KERNELS if conv > dot else ()
 
 
 def _apply(fn: Callable[..., Any], graphdef: _Static, statics: _Static, leaves: list, *arrays: Any) -> Any:

@@ -21,28 +21,18 @@ def _bn(c: int, *, rngs: nnx.Rngs, dtype: Dtype, eps: float) -> nnx.BatchNorm:
     return nnx.BatchNorm(c, momentum=0.9, epsilon=eps, dtype=dtype, rngs=rngs)
 
 
-def apply_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
-    """``conv(x)`` (bias-free, NHWC). A 1x1 stride-1 convolution is computed as a matmul over channels: XLA's CPU
-    dot gives the same sums as its convolution and took 0.4-0.9x its time at four of RN50's five 1x1 shapes (1.35x
-    at 20x20, 2048->512) on a loaded 2-core CPU; end to end within noise."""
-    kernel = conv.kernel[...]
-    dtype = jnp.dtype(conv.dtype) if conv.dtype is not None else jnp.result_type(x, kernel)
-    x, kernel = x.astype(dtype), kernel.astype(dtype)
-    if kernel.shape[:2] == (1, 1) and tuple(conv.strides) == (1, 1):
-        return jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
-    return lax.conv_general_dilated(x, kernel, conv.strides, conv.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 def conv_bn(conv: nnx.Conv, bn: nnx.BatchNorm, x: jax.Array) -> jax.Array:
     """``bn(conv(x))``. In eval mode (BatchNorm ``use_running_average``: frozen statistics) BatchNorm is one
     per-channel multiply-add on the convolution's output, which XLA fuses into the next elementwise pass (the ReLU or
     the residual sum). Folding the scale into the kernel instead rescales every kernel at every call: on a 2-core CPU
     CLIP-RN50 ``encode_image`` took 1.32x the time at 224x224 (batch 1) and ``encode_dense`` 1.06x at 640x640. In
-    train mode BatchNorm runs as is (batch statistics, running-average updates)."""
+    train mode BatchNorm runs as is (batch statistics, running-average updates). 1x1 convolutions stay convolutions,
+    which CPU inference runs on XLA's kernels (``models.inference.CONV_KERNELS``); written as matmuls (and XLA's
+    kernels for the whole program), TCM's ``match`` took 1.06x the time at 640x640 and 1.05-1.17x at 1024x1824."""
     if not bn.use_running_average:
-        return bn(apply_conv(conv, x))
+        return bn(conv(x))
     mul = bn.scale[...] * lax.rsqrt(bn.var[...] + bn.epsilon)
-    y = apply_conv(conv, x)
+    y = conv(x)
     return y * mul.astype(y.dtype) + (bn.bias[...] - bn.mean[...] * mul).astype(y.dtype)
 
 
