@@ -1,11 +1,12 @@
 """CLIP towers: clip_text_spot (JAX) vs PyTorch, same random weights and inputs, float32.
 
-    python bench/clip_vs_torch.py [--preset=vit_b16] [--batch=8] [--rounds=15] [--threads=0] [--call=method]
-                                  [--sizes=224,640,1024x1824] [--output=FILE]
+    python bench/clip_vs_torch.py [--preset=vit_b16] [--batch=8] [--text-batches=8,32] [--rounds=15] [--threads=0]
+                                  [--call=method] [--sizes=224,640,1024x1824] [--output=FILE]
 
 ViT presets: a transformers ``CLIPModel`` with the preset's architecture and random weights, saved with
-``save_pretrained`` and read with ``load_pretrained``; ``encode_image`` at the native size and ``encode_text`` at 77
-tokens against ``get_image_features`` / ``get_text_features``.
+``save_pretrained`` and read with ``load_pretrained``; ``encode_image`` at the native size (row ``image``, ``--batch``
+images) and ``encode_text`` at 77 tokens (rows ``text_bN``, one per ``--text-batches``) against
+``get_image_features`` / ``get_text_features``.
 
 ``--preset=rn50``: the bench-only PyTorch CLIP-RN50 of ``bench/torch_clip_rn50.py`` (OpenAI's architecture and
 state-dict names, random weights and BatchNorm statistics), saved as an OpenAI-format safetensors file and read with
@@ -115,8 +116,6 @@ def vit_rows(a: argparse.Namespace) -> list[Row]:
     size = ours.config.vision.image_size
     rng = np.random.default_rng(0)
     pixels = rng.normal(size=(a.batch or 8, 3, size, size)).astype(np.float32)
-    ids = rng.integers(1, 49000, size=(a.batch or 8, 77)).astype(np.int64)
-    ids[:, -1] = 49407
 
     def feats(out):
         return out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -124,10 +123,12 @@ def vit_rows(a: argparse.Namespace) -> list[Row]:
     image = no_grad(lambda px: feats(hf.get_image_features(pixel_values=px)))
     text = no_grad(lambda i: feats(hf.get_text_features(input_ids=i)))
     px_nhwc = np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
-    return [
-        ("image", jax_call(a.call, ours, "encode_image"), image, px_nhwc, torch.from_numpy(pixels)),
-        ("text", jax_call(a.call, ours, "encode_text"), text, ids, torch.from_numpy(ids)),
-    ]
+    rows: list[Row] = [("image", jax_call(a.call, ours, "encode_image"), image, px_nhwc, torch.from_numpy(pixels))]
+    for batch in (int(b) for b in a.text_batches.split(",")):
+        ids = rng.integers(1, 49000, size=(batch, 77)).astype(np.int64)
+        ids[:, -1] = 49407
+        rows.append((f"text_b{batch}", jax_call(a.call, ours, "encode_text"), text, ids, torch.from_numpy(ids)))
+    return rows
 
 
 def resnet_rows(a: argparse.Namespace) -> list[Row]:
@@ -166,6 +167,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="vit_b16")
     ap.add_argument("--batch", type=int, default=0, help="0: 8 for ViT presets, 1 for rn50")
+    ap.add_argument("--text-batches", default="8,32", help="ViT presets: encode_text batch sizes, one row each")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--sizes", default="224,640,1024x1824", help="rn50: image sizes, S or HxW")
     ap.add_argument("--call", choices=("method", "bound", "nnx"), default="method")

@@ -6,6 +6,7 @@ conventions, and position-embedding interpolation at a non-square input size.
 """
 
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPModel
 
+from clip_text_spot.models import inference
 from clip_text_spot.models.clip import load_pretrained
 
 TOL = 1e-5
@@ -159,3 +161,22 @@ def test_openai_vit_names(tmp_path):
     tokens = ours.encode_image_tokens(pixels.numpy().transpose(0, 2, 3, 1))
     assert tokens.shape == (2, 17, 24)
     np.testing.assert_allclose(tokens[:, 0], ref_img, atol=TOL)  # the class token is the pooled embedding
+
+
+def test_wide_batches_on_onednn_dots_match_hf(tmp_path):
+    """Batches with at least ``ONEDNN_MIN_ROWS`` token rows compile with each dot on oneDNN (x86 CPUs) and still
+    match HF PyTorch, text (padded, masked) and image alike."""
+    hf = build_hf("quick_gelu", "gelu", 2)
+    hf.save_pretrained(tmp_path)
+    ours = load_pretrained(str(tmp_path))
+    ids, mask = (np.tile(a, (22, 1)) for a in padded_batch(VOCAB - 1, pad=1))  # 66 x 20 tokens
+    pixels = torch.randn(64, 3, 32, 32)  # 64 x 17 tokens
+    assert min(len(ids) * ids.shape[1], 64 * 17) >= inference.ONEDNN_MIN_ROWS
+    with torch.no_grad():
+        ref_img = features(hf.get_image_features(pixel_values=pixels))
+        ref_txt = features(hf.get_text_features(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)))
+    np.testing.assert_allclose(ours.encode_image(pixels.numpy().transpose(0, 2, 3, 1)), ref_img, atol=TOL)
+    np.testing.assert_allclose(ours.encode_text(ids, mask), ref_txt, atol=TOL)
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        picked = [apply for key, apply in inference._CHOICES.items() if key[1] is inference._BINDINGS[ours].graphdef]
+        assert picked and all(apply is inference._applier(inference.ONEDNN_DOTS) for apply in picked)

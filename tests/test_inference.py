@@ -107,16 +107,30 @@ def _mixed_args():
 
 
 def test_matmul_flops_counts_convolutions_dots_and_loop_trips():
-    conv, dot = inference.matmul_flops(jax.make_jaxpr(_mixed)(*_mixed_args()).jaxpr)
+    conv, dot, wide = inference.matmul_flops(jax.make_jaxpr(_mixed)(*_mixed_args()).jaxpr)
     assert conv == 2 * 8 * 8 * 16 * (3 * 3 * 4)
     assert dot == 2 * 8 * 8 * 32 * 16 + 2 * 2 * 5 * 5 * 6 + 2 * (2 * 5 * 5 * 6)
+    assert wide == 0  # 64 rows, and batched products never count
+
+
+def test_matmul_flops_counts_wide_dots_by_their_rows():
+    rows = inference.ONEDNN_MIN_ROWS
+    wide = jax.make_jaxpr(lambda x, w: x @ w)(jnp.ones((2, rows // 2, 8)), jnp.ones((8, 4))).jaxpr
+    assert inference.matmul_flops(wide) == (0, 2 * rows * 8 * 4, 2 * rows * 8 * 4)
+    narrow = jax.make_jaxpr(lambda x, w: x @ w)(jnp.ones((rows - 1, 8)), jnp.ones((8, 4))).jaxpr
+    assert inference.matmul_flops(narrow).wide_dot == 0
 
 
 def test_cpu_options_pick_conv_kernels_for_convolution_programs(monkeypatch):
     conv_heavy = jax.make_jaxpr(_mixed)(*_mixed_args()).jaxpr
     dot_heavy = jax.make_jaxpr(lambda a: a @ a)(jnp.ones((64, 64))).jaxpr
+    wide = jax.make_jaxpr(lambda x, w: x @ w)(jnp.ones((inference.ONEDNN_MIN_ROWS, 8)), jnp.ones((8, 8))).jaxpr
+    monkeypatch.setattr(inference.platform, "machine", lambda: "x86_64")
     assert inference.cpu_options(conv_heavy) == inference.CONV_KERNELS
     assert inference.cpu_options(dot_heavy) == ()
+    assert inference.cpu_options(wide) == inference.ONEDNN_DOTS
+    monkeypatch.setattr(inference.platform, "machine", lambda: "aarch64")
+    assert inference.cpu_options(wide) == ()
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")  # the user's choice wins
     assert inference.cpu_options(conv_heavy) == ()
 

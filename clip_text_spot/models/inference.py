@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.extend
@@ -56,41 +57,71 @@ def _apply_impl(fn: Callable[..., Any], graphdef: _Static, statics: _Static, lea
 # within 2% of that). The dot-bound ViT-B/16 towers keep the default (1.10x with the split), and so do training steps
 # (the demo FastTCM step took 1.27x with it: its backward convolutions). bench/cpu_kernels.py measures all three.
 CONV_KERNELS = (("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),)
+# Dot-bound programs whose matmuls have many rows run faster with each dot alone on oneDNN (the elementwise work and
+# the attention's batched products stay on YNNPACK): its matmuls reach 395-405 GFLOP/s at 1576 rows and ViT-B/16's
+# widths on a 2-core AVX-512 CPU, YNNPACK's 350-370, and CLIP ViT-B/16's image tower at batch 8 took 0.91x the
+# default's time. Below about 1000 rows the two are even, and at a few rows oneDNN's fixed cost per call (about 0.1 ms)
+# makes it 2-3x slower, hence ONEDNN_MIN_ROWS. oneDNN's fusions of a dot with its neighbours
+# (LIBRARY_FUSION_TYPE_DOT) are not used: in jaxlib 0.10.2 some kill the process or give wrong values (README).
+ONEDNN_DOTS = (
+    ("xla_cpu_use_onednn", True),
+    ("xla_cpu_experimental_onednn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),
+)
+ONEDNN_MIN_ROWS = 1024
+Options = tuple[tuple[str, str | bool], ...]
 _CHOICES: dict[tuple, Callable[..., Any]] = {}
 
 
 @functools.cache
-def _applier(options: tuple[tuple[str, str], ...]) -> Callable[..., Any]:
+def _applier(options: Options) -> Callable[..., Any]:
     """``_apply_impl`` jitted with XLA compiler ``options`` (one jit, hence one compilation cache, per value)."""
     return jax.jit(_apply_impl, static_argnums=(0, 1, 2), compiler_options=dict(options) or None)
 
 
-def matmul_flops(jaxpr: jax.extend.core.Jaxpr) -> tuple[float, float]:
-    """(convolution FLOPs, dot FLOPs) of ``jaxpr`` and the jaxprs nested in it (a scan's body times its length)."""
-    conv = dot = 0.0
+class MatmulFlops(NamedTuple):
+    """Multiply-add FLOPs of a program: in convolutions, in dots, and in the dots without batch dimensions whose
+    left operand has at least ``ONEDNN_MIN_ROWS`` rows."""
+
+    conv: float
+    dot: float
+    wide_dot: float
+
+
+def matmul_flops(jaxpr: jax.extend.core.Jaxpr) -> MatmulFlops:
+    """The :class:`MatmulFlops` of ``jaxpr`` and the jaxprs nested in it (a scan's body times its length)."""
+    conv = dot = wide = 0.0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         if name == "conv_general_dilated":
             rhs, out = eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape
             conv += 2.0 * np.prod(out) * np.prod(rhs) / rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
         elif name == "dot_general":
-            (contract, _), _ = eqn.params["dimension_numbers"]
+            (contract, _), (batch, _) = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
-            dot += 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contract])
+            flops = 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contract])
+            rows = np.prod([n for d, n in enumerate(lhs) if d not in contract])
+            dot += flops
+            wide += flops if not batch and rows >= ONEDNN_MIN_ROWS else 0.0
         trips = eqn.params.get("length", 1) if name == "scan" else 1
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            c, d = matmul_flops(sub)
-            conv, dot = conv + trips * c, dot + trips * d
-    return conv, dot
+            c, d, w = matmul_flops(sub)
+            conv, dot, wide = conv + trips * c, dot + trips * d, wide + trips * w
+    return MatmulFlops(conv, dot, wide)
 
 
-def cpu_options(jaxpr: jax.extend.core.Jaxpr) -> tuple[tuple[str, str], ...]:
-    """The XLA options an inference program compiles with: ``CONV_KERNELS`` on the CPU when convolutions do more
-    than half of its matmul FLOPs, otherwise none; none either when ``XLA_FLAGS`` chooses the YNNPACK fusions."""
-    if jax.default_backend() != "cpu" or "ynn_fusion_type" in os.environ.get("XLA_FLAGS", ""):
+def cpu_options(jaxpr: jax.extend.core.Jaxpr) -> Options:
+    """The XLA options an inference program compiles with on the CPU: ``CONV_KERNELS`` when convolutions do more than
+    half of its matmul FLOPs; ``ONEDNN_DOTS`` on x86 when dots with at least ``ONEDNN_MIN_ROWS`` rows do more than
+    half; otherwise none. None either when ``XLA_FLAGS`` chooses the YNNPACK or oneDNN fusions itself."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if jax.default_backend() != "cpu" or "ynn_fusion_type" in flags or "onednn" in flags:
         return ()
-    conv, dot = matmul_flops(jaxpr)
-    return CONV_KERNELS if conv > dot else ()
+    flops = matmul_flops(jaxpr)
+    if flops.conv > flops.dot:
+        return CONV_KERNELS
+    if flops.wide_dot > flops.dot / 2 and platform.machine().lower() in ("x86_64", "amd64"):
+        return ONEDNN_DOTS
+    return ()
 
 
 def _apply(fn: Callable[..., Any], graphdef: _Static, statics: _Static, leaves: list, *arrays: Any) -> Any:
