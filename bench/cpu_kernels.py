@@ -1,20 +1,22 @@
 """Which CPU kernels suit which program: each program compiled with XLA's default (dots and convolutions handed to
-YNNPACK with the elementwise work around them, ``ynn``), with XLA's own kernels for everything (``xla``) and with
-convolutions on XLA's kernels and each dot alone on YNNPACK (``split``: ``models.inference.CONV_KERNELS``), timed in
-interleaved rounds.
+YNNPACK with the elementwise work around them, ``ynn``), with XLA's own kernels for everything (``xla``), with
+convolutions on XLA's kernels and each dot alone on YNNPACK (``split``: ``models.inference.CONV_KERNELS``) and with
+each dot alone on oneDNN (``onednn``: ``models.inference.ONEDNN_DOTS``), timed in interleaved rounds.
 
     python bench/cpu_kernels.py [--programs=rn50_image_640,...] [--rounds=9] [--output=FILE]
 
 Programs (random weights; the timing does not depend on them):
   ``rn50_image_S`` / ``rn50_dense_S``  CLIP-RN50 ``encode_image`` / ``encode_dense`` at S x S (batch 1)
   ``vit_image`` / ``vit_text``         CLIP-ViT-B/16 ``encode_image`` (8 x 224^2) / ``encode_text`` (8 x 77 tokens)
+  ``vit_text_32``                      ``encode_text`` on 32 x 77 tokens
   ``tcm_640`` / ``fasttcm_640``        the paper-size TCM / FastTCM (cached text) matcher's ``match`` at 640^2
   ``tcm_1024``                         TCM's ``match`` at 1024 x 1824
   ``demo_train``                       one train step of ``configs/fasttcm.py:demo`` (batch 8, 256^2)
 Per program: ``<name>_<kind>_over_ynn`` is the median over rounds of that kind's time over the default's (< 1:
 faster than the default), ``<name>_picked`` what ``models.inference.cpu_options`` chooses for the inference programs
-(``split`` or ``ynn``; training steps always compile with the default), ``<name>_conv_share`` the share of its
-matmul FLOPs in convolutions (``models.inference.matmul_flops``), ``<name>_max_abs_diff`` the largest output
+(``split``, ``onednn`` or ``ynn``; training steps always compile with the default), ``<name>_conv_share`` the share
+of its matmul FLOPs in convolutions and ``<name>_wide_share`` in dots of at least ``ONEDNN_MIN_ROWS`` rows
+(``models.inference.matmul_flops``), ``<name>_max_abs_diff`` the largest output
 difference of any kind from the default (inference programs). CPU only.
 """
 
@@ -37,8 +39,16 @@ from report import device_fields, emit  # noqa: E402
 from clip_text_spot.models import inference  # noqa: E402
 from clip_text_spot.models.clip import CLIP, preset  # noqa: E402
 
-DEFAULT = "rn50_image_224,rn50_image_640,rn50_dense_640,vit_image,vit_text,tcm_640,fasttcm_640,tcm_1024,demo_train"
-KINDS = {"ynn": (), "xla": (("xla_cpu_experimental_ynn_fusion_type", ""),), "split": inference.CONV_KERNELS}
+DEFAULT = ",".join(
+    ("rn50_image_224", "rn50_image_640", "rn50_dense_640", "vit_image", "vit_text", "vit_text_32")
+    + ("tcm_640", "fasttcm_640", "tcm_1024", "demo_train")
+)
+KINDS = {
+    "ynn": (),
+    "xla": (("xla_cpu_experimental_ynn_fusion_type", ""),),
+    "split": inference.CONV_KERNELS,
+    "onednn": inference.ONEDNN_DOTS,
+}
 
 
 def _method(model: nnx.Module, method, *args) -> tuple:
@@ -61,7 +71,7 @@ def program(name: str) -> tuple:
         clip = CLIP(preset("vit_b16"), rngs=nnx.Rngs(0))
         if name == "vit_image":
             return (*_method(clip, CLIP.encode_image, rng.normal(size=(8, 224, 224, 3)).astype(np.float32)), False)
-        ids = rng.integers(1, 49000, size=(8, 77))
+        ids = rng.integers(1, 49000, size=(32 if name == "vit_text_32" else 8, 77))
         ids[:, -1] = 49407
         return (*_method(clip, CLIP._encode_text, ids), False)
     if name in ("tcm_640", "fasttcm_640", "tcm_1024"):
@@ -103,7 +113,7 @@ def measure(name: str, rounds: int) -> dict:
     fn, first, rest, training = program(name)
     jitted = fn if training else jax.jit(fn)
     jaxpr = jitted.trace(first, *rest).jaxpr.jaxpr
-    conv, dot = inference.matmul_flops(jaxpr)
+    flops = inference.matmul_flops(jaxpr)
     compiled = {kind: jitted.lower(first, *rest).compile(compiler_options=dict(opts)) for kind, opts in KINDS.items()}
     state = {"first": first}
 
@@ -129,7 +139,8 @@ def measure(name: str, rounds: int) -> dict:
             t0 = time.perf_counter()
             call(kind)
             times[kind].append(time.perf_counter() - t0)
-    picked = "ynn" if training or not inference.cpu_options(jaxpr) else "split"
+    options = () if training else inference.cpu_options(jaxpr)
+    picked = next(kind for kind, opts in KINDS.items() if opts == options)
     row = {f"{name}_{kind}_s": round(statistics.median(times[kind]), 4) for kind in kinds}
     for kind in kinds[1:]:
         ratios = (x / y for x, y in zip(times[kind], times["ynn"], strict=True))
@@ -137,7 +148,8 @@ def measure(name: str, rounds: int) -> dict:
     return {
         **row,
         f"{name}_picked": picked,
-        f"{name}_conv_share": round(float(conv / max(conv + dot, 1.0)), 3),
+        f"{name}_conv_share": round(float(flops.conv / max(flops.conv + flops.dot, 1.0)), 3),
+        f"{name}_wide_share": round(float(flops.wide_dot / max(flops.conv + flops.dot, 1.0)), 3),
         f"{name}_max_abs_diff": diff,
     }
 
