@@ -58,8 +58,8 @@ def _apply_impl(fn: Callable[..., Any], graphdef: _Static, statics: _Static, lea
 # (the demo FastTCM step took 1.27x with it: its backward convolutions). bench/cpu_kernels.py measures all three.
 CONV_KERNELS = (("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),)
 # Dot-bound programs whose matmuls have many rows run faster with each dot alone on oneDNN (the elementwise work and
-# the attention's batched products stay on YNNPACK): its matmuls reach 395-405 GFLOP/s at 1576 rows and ViT-B/16's
-# widths on a 2-core AVX-512 CPU, YNNPACK's 350-370, and CLIP ViT-B/16's image tower at batch 8 took 0.91x the
+# the attention's batched products stay on YNNPACK): its matmuls reach 392-403 GFLOP/s at 1576 rows and ViT-B/16's
+# widths on a 2-core AVX-512 CPU, YNNPACK's 345-369, and CLIP ViT-B/16's image tower at batch 8 took 0.89-0.92x the
 # default's time. Below about 1000 rows the two are even, and at a few rows oneDNN's fixed cost per call (about 0.1 ms)
 # makes it 2-3x slower, hence ONEDNN_MIN_ROWS. oneDNN's fusions of a dot with its neighbours
 # (LIBRARY_FUSION_TYPE_DOT) are not used: in jaxlib 0.10.2 some kill the process or give wrong values (README).
