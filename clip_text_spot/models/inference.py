@@ -109,6 +109,11 @@ def matmul_flops(jaxpr: jax.extend.core.Jaxpr) -> MatmulFlops:
     return MatmulFlops(conv, dot, wide)
 
 
+def onednn_cpu() -> bool:
+    """True on x86 CPUs, where jaxlib's XLA carries oneDNN (``ONEDNN_DOTS``)."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def cpu_options(jaxpr: jax.extend.core.Jaxpr) -> Options:
     """The XLA options an inference program compiles with on the CPU: ``CONV_KERNELS`` when convolutions do more than
     half of its matmul FLOPs; ``ONEDNN_DOTS`` on x86 when dots with at least ``ONEDNN_MIN_ROWS`` rows do more than
@@ -119,7 +124,7 @@ def cpu_options(jaxpr: jax.extend.core.Jaxpr) -> Options:
     flops = matmul_flops(jaxpr)
     if flops.conv > flops.dot:
         return CONV_KERNELS
-    if flops.wide_dot > flops.dot / 2 and platform.machine().lower() in ("x86_64", "amd64"):
+    if flops.wide_dot > flops.dot / 2 and onednn_cpu():
         return ONEDNN_DOTS
     return ()
 
