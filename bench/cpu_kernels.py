@@ -8,15 +8,16 @@ each dot alone on oneDNN (``onednn``: ``models.inference.ONEDNN_DOTS``), timed i
 Programs (random weights; the timing does not depend on them):
   ``rn50_image_S`` / ``rn50_dense_S``  CLIP-RN50 ``encode_image`` / ``encode_dense`` at S x S (batch 1)
   ``vit_image`` / ``vit_text``         CLIP-ViT-B/16 ``encode_image`` (8 x 224^2) / ``encode_text`` (8 x 77 tokens)
-  ``vit_text_32``                      ``encode_text`` on 32 x 77 tokens
+  ``vit_text_32`` / ``vit_prompt``     ``encode_text`` on 32 x 77 tokens / on one prompt of 24 tokens
   ``tcm_640`` / ``fasttcm_640``        the paper-size TCM / FastTCM (cached text) matcher's ``match`` at 640^2
   ``tcm_1024``                         TCM's ``match`` at 1024 x 1824
   ``demo_train``                       one train step of ``configs/fasttcm.py:demo`` (batch 8, 256^2)
 Per program: ``<name>_<kind>_over_ynn`` is the median over rounds of that kind's time over the default's (< 1:
 faster than the default), ``<name>_picked`` what ``models.inference.cpu_options`` chooses for the inference programs
-(``split``, ``onednn`` or ``ynn``; training steps always compile with the default), ``<name>_conv_share`` the share
-of its matmul FLOPs in convolutions and ``<name>_wide_share`` in dots of at least ``ONEDNN_MIN_ROWS`` rows
-(``models.inference.matmul_flops``), ``<name>_max_abs_diff`` the largest output
+(``xla``, ``split``, ``onednn`` or ``ynn``; training steps always compile with the default), ``<name>_conv_share``
+the share of its matmul FLOPs in convolutions, ``<name>_wide_share`` in dots of at least ``ONEDNN_MIN_ROWS`` rows and
+``<name>_narrow_share`` in dots of fewer than ``XLA_MAX_ROWS`` (``models.inference.matmul_flops``),
+``<name>_max_abs_diff`` the largest output
 difference of any kind from the default (inference programs). CPU only.
 """
 
@@ -40,12 +41,12 @@ from clip_text_spot.models import inference  # noqa: E402
 from clip_text_spot.models.clip import CLIP, preset  # noqa: E402
 
 DEFAULT = ",".join(
-    ("rn50_image_224", "rn50_image_640", "rn50_dense_640", "vit_image", "vit_text", "vit_text_32")
+    ("rn50_image_224", "rn50_image_640", "rn50_dense_640", "vit_image", "vit_text", "vit_text_32", "vit_prompt")
     + ("tcm_640", "fasttcm_640", "tcm_1024", "demo_train")
 )
 KINDS = {
     "ynn": (),
-    "xla": (("xla_cpu_experimental_ynn_fusion_type", ""),),
+    "xla": inference.XLA_KERNELS,
     "split": inference.CONV_KERNELS,
     "onednn": inference.ONEDNN_DOTS,
 }
@@ -71,7 +72,7 @@ def program(name: str) -> tuple:
         clip = CLIP(preset("vit_b16"), rngs=nnx.Rngs(0))
         if name == "vit_image":
             return (*_method(clip, CLIP.encode_image, rng.normal(size=(8, 224, 224, 3)).astype(np.float32)), False)
-        ids = rng.integers(1, 49000, size=(32 if name == "vit_text_32" else 8, 77))
+        ids = rng.integers(1, 49000, size={"vit_text_32": (32, 77), "vit_prompt": (1, 24)}.get(name, (8, 77)))
         ids[:, -1] = 49407
         return (*_method(clip, CLIP._encode_text, ids), False)
     if name in ("tcm_640", "fasttcm_640", "tcm_1024"):
@@ -150,6 +151,7 @@ def measure(name: str, rounds: int) -> dict:
         f"{name}_picked": picked,
         f"{name}_conv_share": round(float(flops.conv / max(flops.conv + flops.dot, 1.0)), 3),
         f"{name}_wide_share": round(float(flops.wide_dot / max(flops.conv + flops.dot, 1.0)), 3),
+        f"{name}_narrow_share": round(float(flops.narrow_dot / max(flops.conv + flops.dot, 1.0)), 3),
         f"{name}_max_abs_diff": diff,
     }
 

@@ -107,16 +107,17 @@ def _mixed_args():
 
 
 def test_matmul_flops_counts_convolutions_dots_and_loop_trips():
-    conv, dot, wide = inference.matmul_flops(jax.make_jaxpr(_mixed)(*_mixed_args()).jaxpr)
+    conv, dot, wide, narrow = inference.matmul_flops(jax.make_jaxpr(_mixed)(*_mixed_args()).jaxpr)
     assert conv == 2 * 8 * 8 * 16 * (3 * 3 * 4)
     assert dot == 2 * 8 * 8 * 32 * 16 + 2 * 2 * 5 * 5 * 6 + 2 * (2 * 5 * 5 * 6)
     assert wide == 0  # 64 rows, and batched products never count
+    assert narrow == 2 * (2 * 5 * 5 * 6)  # the scan's 5-row dot, twice; the 64-row one is not narrow
 
 
 def test_matmul_flops_counts_wide_dots_by_their_rows():
     rows = inference.ONEDNN_MIN_ROWS
     wide = jax.make_jaxpr(lambda x, w: x @ w)(jnp.ones((2, rows // 2, 8)), jnp.ones((8, 4))).jaxpr
-    assert inference.matmul_flops(wide) == (0, 2 * rows * 8 * 4, 2 * rows * 8 * 4)
+    assert inference.matmul_flops(wide) == (0, 2 * rows * 8 * 4, 2 * rows * 8 * 4, 0)
     narrow = jax.make_jaxpr(lambda x, w: x @ w)(jnp.ones((rows - 1, 8)), jnp.ones((8, 4))).jaxpr
     assert inference.matmul_flops(narrow).wide_dot == 0
 
@@ -133,6 +134,23 @@ def test_cpu_options_pick_conv_kernels_for_convolution_programs(monkeypatch):
     assert inference.cpu_options(wide) == ()
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")  # the user's choice wins
     assert inference.cpu_options(conv_heavy) == ()
+
+
+def test_cpu_options_pick_xla_kernels_for_convolution_programs_of_few_row_dots():
+    rows = inference.XLA_MAX_ROWS - 1
+
+    def pooled_convs(x, k, w):  # convolutions, then dots of `rows` rows on their pooled features
+        y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y.mean(axis=(1, 2)) @ w
+
+    def convs(n):
+        return jax.make_jaxpr(pooled_convs)(jnp.ones((n, 8, 8, 4)), jnp.ones((3, 3, 4, 16)), jnp.ones((16, 8))).jaxpr
+
+    assert inference.matmul_flops(convs(rows)).narrow_dot == 2 * rows * 16 * 8
+    assert inference.cpu_options(convs(rows)) == inference.XLA_KERNELS
+    assert inference.cpu_options(convs(rows + 1)) == inference.CONV_KERNELS
+    prompt = jax.make_jaxpr(lambda x, w: x @ w)(jnp.ones((1, rows, 8)), jnp.ones((8, 8))).jaxpr
+    assert inference.cpu_options(prompt) == ()  # dot-bound programs of few-row dots keep the default
 
 
 class _Convs(nnx.Module):

@@ -68,6 +68,14 @@ ONEDNN_DOTS = (
     ("xla_cpu_experimental_onednn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),
 )
 ONEDNN_MIN_ROWS = 1024
+# Convolutional programs whose dots mostly have fewer than XLA_MAX_ROWS rows (CLIP-RN50's attention pool at 224x224
+# and batch 1: 50 keys, one query) run faster with their dots on XLA's own kernels too: in chains of 50-row dots
+# these reach 148-161 GFLOP/s, YNNPACK 97-130 (at 100 rows YNNPACK leads, 244-263 against 194-217), and CLIP-RN50
+# encode_image at 224x224 took 0.93-0.95x the split's time (bench/cpu_kernels.py). Dot-bound programs of few-row dots keep
+# YNNPACK: one 24-token prompt through CLIP ViT-B/16's text tower took 0.94x the time on XLA's kernels, but DPTR's
+# decode_logits on one crop (26-row decoder dots in a loop) 1.07x.
+XLA_KERNELS = (("xla_cpu_experimental_ynn_fusion_type", ""),)
+XLA_MAX_ROWS = 64
 Options = tuple[tuple[str, str | bool], ...]
 _CHOICES: dict[tuple, Callable[..., Any]] = {}
 
@@ -80,16 +88,18 @@ def _applier(options: Options) -> Callable[..., Any]:
 
 class MatmulFlops(NamedTuple):
     """Multiply-add FLOPs of a program: in convolutions, in dots, and in the dots without batch dimensions whose
-    left operand has at least ``ONEDNN_MIN_ROWS`` rows."""
+    left operand has at least ``ONEDNN_MIN_ROWS`` rows (``wide_dot``) or fewer than ``XLA_MAX_ROWS``
+    (``narrow_dot``)."""
 
     conv: float
     dot: float
     wide_dot: float
+    narrow_dot: float
 
 
 def matmul_flops(jaxpr: jax.extend.core.Jaxpr) -> MatmulFlops:
     """The :class:`MatmulFlops` of ``jaxpr`` and the jaxprs nested in it (a scan's body times its length)."""
-    conv = dot = wide = 0.0
+    conv = dot = wide = narrow = 0.0
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         if name == "conv_general_dilated":
@@ -102,11 +112,12 @@ def matmul_flops(jaxpr: jax.extend.core.Jaxpr) -> MatmulFlops:
             rows = np.prod([n for d, n in enumerate(lhs) if d not in contract])
             dot += flops
             wide += flops if not batch and rows >= ONEDNN_MIN_ROWS else 0.0
+            narrow += flops if not batch and rows < XLA_MAX_ROWS else 0.0
         trips = eqn.params.get("length", 1) if name == "scan" else 1
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            c, d, w = matmul_flops(sub)
-            conv, dot, wide = conv + trips * c, dot + trips * d, wide + trips * w
-    return MatmulFlops(conv, dot, wide)
+            c, d, w, n = matmul_flops(sub)
+            conv, dot, wide, narrow = conv + trips * c, dot + trips * d, wide + trips * w, narrow + trips * n
+    return MatmulFlops(conv, dot, wide, narrow)
 
 
 def onednn_cpu() -> bool:
@@ -115,15 +126,16 @@ def onednn_cpu() -> bool:
 
 
 def cpu_options(jaxpr: jax.extend.core.Jaxpr) -> Options:
-    """The XLA options an inference program compiles with on the CPU: ``CONV_KERNELS`` when convolutions do more than
-    half of its matmul FLOPs; ``ONEDNN_DOTS`` on x86 when dots with at least ``ONEDNN_MIN_ROWS`` rows do more than
-    half; otherwise none. None either when ``XLA_FLAGS`` chooses the YNNPACK or oneDNN fusions itself."""
+    """The XLA options an inference program compiles with on the CPU: when convolutions do more than half of its
+    matmul FLOPs, ``XLA_KERNELS`` if dots with fewer than ``XLA_MAX_ROWS`` rows do more than half of its dot FLOPs,
+    else ``CONV_KERNELS``; ``ONEDNN_DOTS`` on x86 when dots with at least ``ONEDNN_MIN_ROWS`` rows do more than half;
+    otherwise none. None either when ``XLA_FLAGS`` chooses the YNNPACK or oneDNN fusions itself."""
     flags = os.environ.get("XLA_FLAGS", "")
     if jax.default_backend() != "cpu" or "ynn_fusion_type" in flags or "onednn" in flags:
         return ()
     flops = matmul_flops(jaxpr)
     if flops.conv > flops.dot:
-        return CONV_KERNELS
+        return XLA_KERNELS if flops.narrow_dot > flops.dot / 2 else CONV_KERNELS
     if flops.wide_dot > flops.dot / 2 and onednn_cpu():
         return ONEDNN_DOTS
     return ()
