@@ -71,9 +71,9 @@ ONEDNN_MIN_ROWS = 1024
 # Convolutional programs whose dots mostly have fewer than XLA_MAX_ROWS rows (CLIP-RN50's attention pool at 224x224
 # and batch 1: 50 keys, one query) run faster with their dots on XLA's own kernels too: in chains of 50-row dots
 # these reach 148-161 GFLOP/s, YNNPACK 97-130 (at 100 rows YNNPACK leads, 244-263 against 194-217), and CLIP-RN50
-# encode_image at 224x224 took 0.93-0.95x the split's time (bench/cpu_kernels.py). Dot-bound programs of few-row
-# dots keep YNNPACK: one 24-token prompt through CLIP ViT-B/16's text tower took 0.94x the time on XLA's kernels, but
-# DPTR's decode_logits on one crop (26-row decoder dots in a loop) 1.07x.
+# encode_image at 224x224 took 0.93-0.96x the split's time (bench/cpu_kernels.py). Dot-bound programs of few-row
+# dots keep YNNPACK: one 24-token prompt through CLIP ViT-B/16's text tower took 0.94x and 1.00x the time on XLA's
+# kernels in two runs, DPTR's decode_logits on one crop (26-row decoder dots in a loop) 1.07x.
 XLA_KERNELS = (("xla_cpu_experimental_ynn_fusion_type", ""),)
 XLA_MAX_ROWS = 64
 Options = tuple[tuple[str, str | bool], ...]
