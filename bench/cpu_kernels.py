@@ -146,12 +146,12 @@ def measure(name: str, rounds: int) -> dict:
     for kind in kinds[1:]:
         ratios = (x / y for x, y in zip(times[kind], times["ynn"], strict=True))
         row[f"{name}_{kind}_over_ynn"] = round(statistics.median(ratios), 3)
+    total = max(flops.conv + flops.dot, 1.0)
+    shares = {"conv": flops.conv, "wide": flops.wide_dot, "narrow": flops.narrow_dot}
     return {
         **row,
         f"{name}_picked": picked,
-        f"{name}_conv_share": round(float(flops.conv / max(flops.conv + flops.dot, 1.0)), 3),
-        f"{name}_wide_share": round(float(flops.wide_dot / max(flops.conv + flops.dot, 1.0)), 3),
-        f"{name}_narrow_share": round(float(flops.narrow_dot / max(flops.conv + flops.dot, 1.0)), 3),
+        **{f"{name}_{part}_share": round(float(value / total), 3) for part, value in shares.items()},
         f"{name}_max_abs_diff": diff,
     }
 
